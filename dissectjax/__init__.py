@@ -1,0 +1,3 @@
+"""dissectjax: Network Dissection in JAX/Flax."""
+
+__version__ = "0.1.0"

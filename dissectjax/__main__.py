@@ -1,0 +1,5 @@
+import sys
+
+from dissectjax.cli import main
+
+sys.exit(main())

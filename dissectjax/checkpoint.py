@@ -1,0 +1,72 @@
+"""Model checkpoints: orbax-saved variables plus a JSON description of the model.
+
+    DIR/config.json   {"model": name, "model_kwargs": {...}, "input_shape": [H, W, C], ...}
+    DIR/state/        orbax StandardCheckpointer tree: {"params": ..., "batch_stats": ...}
+
+Arrays are restored onto the default device whatever the device count at save time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import orbax.checkpoint as ocp
+
+from dissectjax.errors import DissectError
+from dissectjax.models import build_model
+
+
+def init_variables(model: nn.Module, input_shape, seed: int = 0):
+    """Freshly initialized variables for a batch of ``input_shape`` [H, W, C] images."""
+    return model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *input_shape), jnp.uint8))
+
+
+def save_checkpoint(directory: str, model_name: str, model_kwargs: dict, input_shape, variables, **info) -> None:
+    """Writes the checkpoint under a temporary name, then renames it to ``directory``."""
+    directory = os.path.abspath(directory)
+    if os.path.exists(directory):
+        raise DissectError(f"checkpoint {directory} already exists; remove it or choose another path")
+    parent = os.path.dirname(directory)
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=".ckpt-", dir=parent)
+    try:
+        checkpointer = ocp.StandardCheckpointer()
+        checkpointer.save(os.path.join(tmp, "state"), jax.device_get(dict(variables)))
+        checkpointer.wait_until_finished()
+        config = {"model": model_name, "model_kwargs": model_kwargs, "input_shape": list(input_shape), **info}
+        with open(os.path.join(tmp, "config.json"), "w") as f:
+            json.dump(config, f, indent=2)
+        os.rename(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def read_config(directory: str) -> dict:
+    path = os.path.join(directory, "config.json")
+    if not os.path.isfile(path):
+        raise DissectError(f"{directory} is not a dissectjax checkpoint (no config.json)")
+    with open(path) as f:
+        return json.load(f)
+
+
+def load_checkpoint(directory: str):
+    """Returns (model, variables, config) of a checkpoint written by :func:`save_checkpoint`."""
+    directory = os.path.abspath(directory)
+    config = read_config(directory)
+    model = build_model(config["model"], **config.get("model_kwargs", {}))
+    device = jax.devices()[0]
+    sharding = jax.sharding.SingleDeviceSharding(device)
+    abstract = jax.eval_shape(lambda: init_variables(model, config["input_shape"]))
+    abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract)
+    try:
+        variables = ocp.StandardCheckpointer().restore(os.path.join(directory, "state"), abstract)
+    except (FileNotFoundError, ValueError) as e:
+        raise DissectError(f"cannot restore checkpoint {directory}: {e}") from None
+    return model, variables, config

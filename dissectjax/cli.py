@@ -1,0 +1,254 @@
+"""The ``dissectjax`` command line: a thin layer over the library (DESIGN.md section 7)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import sys
+import time
+from collections.abc import Sequence
+
+from dissectjax.errors import DissectError
+
+DEMO_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
+DEMO_PROBE = dict(size=1000, seed=1)
+
+
+def _progress(enabled: bool):
+    if not enabled:
+        return lambda iterable, **_: iterable
+    from tqdm.auto import tqdm
+
+    return lambda iterable, **kw: tqdm(iterable, file=sys.stderr, dynamic_ncols=True, **kw)
+
+
+def _say(quiet: bool):
+    return (lambda *_: None) if quiet else (lambda msg: print(msg, file=sys.stderr, flush=True))
+
+
+def default_checkpoint_dir() -> str:
+    """``checkpoints/`` of the source tree (the package's parent), or $DISSECTJAX_CHECKPOINTS."""
+    env = os.environ.get("DISSECTJAX_CHECKPOINTS")
+    if env:
+        return env
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return os.path.join(here, "checkpoints")
+
+
+# ---- shared pieces --------------------------------------------------------------------
+def open_dataset(spec: str, progress, say, split: str | None = None):
+    from dissectjax.data import synthetic
+    from dissectjax.data.broden import BrodenDataset
+
+    if spec == "synthetic" or spec.startswith("synthetic:"):
+        size = int(spec.split(":", 1)[1]) if ":" in spec else DEMO_PROBE["size"]
+        config = synthetic.SyntheticConfig(size=size, seed=DEMO_PROBE["seed"])
+        say(f"probe set: synthetic scenes, {size} images (seed {config.seed}), cache {synthetic.default_cache_dir()}")
+        return BrodenDataset(synthetic.ensure_broden(config, progress=progress), split), f"synthetic:{size}"
+    if not os.path.exists(spec):
+        raise DissectError(f"--dataset {spec!r} is neither 'synthetic' nor an existing Broden directory")
+    return BrodenDataset(spec, split), os.path.abspath(spec)
+
+
+def format_table(results) -> str:
+    """A short per-layer table: units, detectors, unique detectors per category, top labels."""
+    from collections import Counter
+
+    first = next(iter(results.values()))
+    cats = list(first.concepts.categories)
+    head = ["layer", "units", "detectors"] + [f"uniq:{c}" for c in cats] + ["uniq", "top labels"]
+    rows = []
+    for name, r in results.items():
+        labels = [r.concepts.names[c] for c in r.labels.label[r.labels.detector]]
+        top = ", ".join(f"{n} ({k})" for n, k in Counter(labels).most_common(4))
+        rows.append(
+            [name, str(r.units), str(r.detectors)]
+            + [str(r.unique[c]) for c in cats]
+            + [str(r.unique["total"]), top or "-"]
+        )
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    fmt = lambda row: "  ".join(x.ljust(w) for x, w in zip(row, widths)).rstrip()
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def run_dissection(source, dataset, config, out: str, info: dict, progress, say):
+    from dissectjax.dissect import dissect
+    from dissectjax.results import atomic_directory, write_results
+
+    with atomic_directory(out) as tmp:
+        results = dissect(source, dataset, config, progress)
+        write_results(tmp, results, info)
+    say(f"wrote {out}")
+    return results
+
+
+# ---- commands -------------------------------------------------------------------------
+def cmd_dissect(args) -> int:
+    from dissectjax.dissect import DissectConfig
+    from dissectjax.sources import ArraySource
+
+    progress, say = _progress(not args.quiet), _say(args.quiet)
+    config = DissectConfig(args.quantile, args.iou_threshold, not args.no_condition, args.batch_size)
+    dataset, dataset_name = open_dataset(args.dataset, progress, say, args.split)
+    if args.activations:
+        if args.model or args.checkpoint or args.layers:
+            raise DissectError(
+                "--activations dissects a stored array; do not combine it with --model/--checkpoint/--layers"
+            )
+        source = ArraySource.from_npy(args.activations, len(dataset))
+        model_name = f"activations:{os.path.abspath(args.activations)}"
+    else:
+        source, model_name = _model_source(args, dataset)
+    info = {"model": model_name, "dataset": dataset_name}
+    results = run_dissection(source, dataset, config, args.out, info, progress, say)
+    print(format_table(results))
+    return 0
+
+
+def _model_source(args, dataset):
+    from dissectjax.checkpoint import init_variables, load_checkpoint
+    from dissectjax.models import build_model
+    from dissectjax.sources import ModelSource
+
+    if not args.layers:
+        raise DissectError("--layers is required with --model (e.g. --layers conv4,conv5)")
+    layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+    shape = (*dataset.image_size(0), 3)
+    if args.checkpoint:
+        model, variables, ckpt = load_checkpoint(args.checkpoint)
+        if args.model and args.model != ckpt["model"]:
+            raise DissectError(f"--model {args.model} does not match the checkpoint's model {ckpt['model']}")
+        name = f"{ckpt['model']}:{os.path.abspath(args.checkpoint)}"
+    elif args.model:
+        model = build_model(args.model)
+        variables = init_variables(model, shape, args.seed)
+        name = f"{args.model}:random-init(seed={args.seed})"
+    else:
+        raise DissectError("give --model NAME with --checkpoint PATH (or --activations FILE.npy)")
+    return ModelSource(model, variables, layers, shape), name
+
+
+def cmd_demo(args) -> int:
+    from dissectjax.checkpoint import init_variables, load_checkpoint
+    from dissectjax.dissect import DissectConfig
+    from dissectjax.sources import ModelSource
+
+    progress, say = _progress(not args.quiet), _say(args.quiet)
+    start = time.perf_counter()
+    ckpt_dir = args.checkpoint or os.path.join(default_checkpoint_dir(), "scenenet")
+    model, trained, meta = load_checkpoint(ckpt_dir)
+    dataset, dataset_name = open_dataset(f"synthetic:{args.images}", progress, say)
+    shape = tuple(meta["input_shape"])
+    config = DissectConfig(batch_size=args.batch_size)
+    random = init_variables(model, shape, seed=0)
+    say(f"model: {meta['model']} from {ckpt_dir} (validation accuracy {meta.get('val_accuracy', '?')})")
+    all_results = {}
+    for tag, variables in (("trained", trained), ("random", random)):
+        say(f"dissecting the {tag} network: layers {', '.join(DEMO_LAYERS)}")
+        source = ModelSource(model, variables, DEMO_LAYERS, shape)
+        info = {"model": f"{meta['model']}:{tag}", "dataset": dataset_name, "checkpoint": os.path.abspath(ckpt_dir)}
+        all_results[tag] = run_dissection(source, dataset, config, os.path.join(args.out, tag), info, progress, say)
+    for tag, results in all_results.items():
+        print(f"\n{tag} {meta['model']} on {dataset_name} (quantile {config.quantile}, IoU >= {config.iou_threshold})")
+        print(format_table(results))
+    last = DEMO_LAYERS[-1]
+    t, r = all_results["trained"][last], all_results["random"][last]
+    print(
+        f"\nemergence at {last}: trained {t.detectors}/{t.units} detectors, {t.unique['total']} unique; "
+        f"random init {r.detectors}/{r.units} detectors, {r.unique['total']} unique"
+    )
+    print(f"demo finished in {time.perf_counter() - start:.0f} s; results in {os.path.abspath(args.out)}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from dissectjax.checkpoint import save_checkpoint
+    from dissectjax.models import build_model
+    from dissectjax.train import TrainConfig, train_scene_classifier
+
+    say = _say(args.quiet)
+    if os.path.exists(args.out):
+        raise DissectError(f"--out {args.out} already exists; remove it or choose another path")
+    config = TrainConfig(
+        seed=args.seed,
+        train_size=args.train_size,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+    )
+    model = build_model(args.model, num_classes=12)
+    variables, metrics = train_scene_classifier(model, config, log=say)
+    save_checkpoint(
+        args.out,
+        args.model,
+        {"num_classes": 12},
+        (config.image_size, config.image_size, 3),
+        variables,
+        dataset="synthetic-scenes",
+        train_config=dataclasses.asdict(config),
+        **metrics,
+    )
+    print(
+        f"saved {args.out}: validation accuracy {metrics['val_accuracy']:.3f} after {config.epochs} epochs "
+        f"({metrics['seconds']:.0f} s)"
+    )
+    return 0
+
+
+# ---- parser -----------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dissectjax", description="Network Dissection in JAX/Flax.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    d = sub.add_parser("demo", help="dissect the committed scene classifier and a random-init twin")
+    d.add_argument("--out", default="dissectjax-demo", help="output directory (default: %(default)s)")
+    d.add_argument("--images", type=int, default=DEMO_PROBE["size"], help="probe images (default: %(default)s)")
+    d.add_argument("--checkpoint", help="checkpoint directory (default: checkpoints/scenenet)")
+    d.add_argument("--batch-size", type=int, default=100)
+    d.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
+    d.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("dissect", help="dissect layers of a model, or stored activations")
+    s.add_argument("--dataset", required=True, help="'synthetic', 'synthetic:N', or a Broden-format directory")
+    s.add_argument("--out", required=True, help="output directory (replaced if it holds an earlier result)")
+    s.add_argument("--model", help="registered model name (scenenet, resnet18, lenet5)")
+    s.add_argument("--checkpoint", help="checkpoint directory written by 'dissectjax train'")
+    s.add_argument("--layers", help="comma-separated layer names, e.g. conv4,conv5")
+    s.add_argument("--activations", help="precomputed activations [N, U, h, w] .npy (row i = index.csv row i)")
+    s.add_argument("--quantile", type=float, default=0.005, help="top quantile per unit (default: %(default)s)")
+    s.add_argument("--iou-threshold", type=float, default=0.04, help="detector IoU threshold (default: %(default)s)")
+    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--no-condition", action="store_true", help="count unit area in all images, not only labelled ones")
+    s.add_argument("--split", help="only rows of this index.csv split (default: all)")
+    s.add_argument("--seed", type=int, default=0, help="initialization seed for --model without --checkpoint")
+    s.add_argument("--quiet", action="store_true")
+    s.set_defaults(func=cmd_dissect)
+
+    t = sub.add_parser("train", help="train a scene classifier on synthetic scenes and save a checkpoint")
+    t.add_argument("--out", required=True, help="checkpoint directory to create")
+    t.add_argument("--model", default="scenenet")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--epochs", type=int, default=6)
+    t.add_argument("--train-size", type=int, default=12000)
+    t.add_argument("--batch-size", type=int, default=64)
+    t.add_argument("--learning-rate", type=float, default=2e-3)
+    t.add_argument("--quiet", action="store_true")
+    t.set_defaults(func=cmd_train)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except DissectError as e:
+        print(f"dissectjax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"dissectjax {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,28 @@
+"""Flax linen models that sow their dissectable layers, and a registry by name."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+
+from dissectjax.errors import DissectError
+from dissectjax.models.lenet import LeNet5
+from dissectjax.models.resnet import ResNet, ResNet18
+from dissectjax.models.scenenet import SceneNet
+
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "scenenet": SceneNet,
+    "resnet18": ResNet18,
+    "lenet5": LeNet5,
+}
+
+
+def build_model(name: str, **kwargs) -> nn.Module:
+    """The registered model ``name`` built with ``kwargs`` (e.g. ``num_classes``)."""
+    if name not in MODELS:
+        raise DissectError(f"unknown model {name!r}; available models: {', '.join(sorted(MODELS))}")
+    return MODELS[name](**kwargs)
+
+
+__all__ = ["MODELS", "LeNet5", "ResNet", "ResNet18", "SceneNet", "build_model"]

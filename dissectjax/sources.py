@@ -1,0 +1,75 @@
+"""Activation sources: where a dissection's per-unit maps come from.
+
+A source turns a probe batch into ``{layer: float [B, h, w, U]}``. Two kinds:
+a Flax model applied to the batch's images (:class:`ModelSource`), or activations
+computed elsewhere and stored as ``[N, U, h, w]`` (NetDissect's channel-first layout,
+row i = dataset row i; :class:`ArraySource`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dissectjax.data.probe import ProbeBatch
+from dissectjax.errors import DissectError
+from dissectjax.models.layers import activation_fn
+
+
+class ModelSource:
+    """Layers of a linen model, computed by one jitted forward pass per batch."""
+
+    needs_images = True
+
+    def __init__(self, model: nn.Module, variables, layers: Sequence[str], image_shape: tuple[int, int, int]):
+        example = jnp.zeros((1, *image_shape), jnp.uint8)
+        self.layers = list(layers)
+        self._fn = jax.jit(activation_fn(model, variables, self.layers, example))
+        shapes = jax.eval_shape(self._fn, example)
+        self.units = {name: s.shape[-1] for name, s in shapes.items()}
+        self.description = type(model).__name__
+
+    def __call__(self, batch: ProbeBatch) -> dict[str, jax.Array]:
+        return self._fn(batch.images)
+
+
+class ArraySource:
+    """Precomputed activations [N, U, h, w] (memory-mapped ``.npy``), one layer."""
+
+    needs_images = False
+
+    def __init__(self, activations: np.ndarray, name: str, num_images: int):
+        if activations.ndim != 4:
+            raise DissectError(f"activations for {name!r} have shape {activations.shape}; expected 4 axes [N, U, h, w]")
+        if activations.shape[0] != num_images:
+            raise DissectError(
+                f"activations for {name!r} have {activations.shape[0]} rows but the dataset has {num_images} images; "
+                "row i must hold image i of index.csv"
+            )
+        if not np.issubdtype(activations.dtype, np.floating) and not np.issubdtype(activations.dtype, np.integer):
+            raise DissectError(f"activations for {name!r} have dtype {activations.dtype}; expected numbers")
+        self.layers = [name]
+        self.units = {name: activations.shape[1]}
+        self.description = f"activations {name}"
+        self._acts = activations
+
+    @classmethod
+    def from_npy(cls, path: str, num_images: int) -> ArraySource:
+        name = os.path.splitext(os.path.basename(path))[0]
+        try:
+            acts = np.load(path, mmap_mode="r", allow_pickle=False)
+        except FileNotFoundError:
+            raise DissectError(f"activations file {path} does not exist") from None
+        except ValueError as e:
+            raise DissectError(f"cannot read activations file {path} as a .npy array: {e}") from None
+        return cls(acts, name, num_images)
+
+    def __call__(self, batch: ProbeBatch) -> dict[str, jax.Array]:
+        rows = np.where(batch.index >= 0, batch.index, 0)
+        acts = np.asarray(self._acts[rows], np.float32)
+        return {self.layers[0]: jnp.asarray(acts.transpose(0, 2, 3, 1))}

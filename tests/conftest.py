@@ -1,0 +1,83 @@
+"""Shared fixtures: small random Broden-format datasets with every kind of label."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+from dissectjax.data.broden import BrodenRow, LabelInfo, write_broden
+
+SHARED = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "shared"))
+CONFORMANCE = os.path.join(SHARED, "conformance")
+
+
+def random_broden(root, seed=0, n=23, sizes=((12, 12), (10, 14)), image_size=(20, 20)):
+    """Writes a random Broden dataset; returns (concept categories, per-image labels) for the reference.
+
+    Categories: color (pixel, 1 layer), object (pixel, 0-2 layers with overlaps), part
+    (pixel, often absent), scene (image-level), texture (image-level, 0-2 labels).
+    Label numbers are not contiguous (gaps), to exercise the number -> column mapping.
+    """
+    rng = np.random.default_rng(seed)
+    categories = ("color", "object", "part", "scene", "texture")
+    per_cat = {"color": 5, "object": 6, "part": 3, "scene": 4, "texture": 4}
+    labels, number = [], 1
+    for cat in categories:
+        for j in range(per_cat[cat]):
+            labels.append(LabelInfo(number, f"{cat}{j}", cat))
+            number += 1 + int(rng.integers(0, 3))  # gaps in the numbering
+    numbers = {cat: [lb.number for lb in labels if lb.category == cat] for cat in categories}
+    rows = []
+    for i in range(n):
+        sh, sw = sizes[i % len(sizes)]
+        pixel, image_level = {}, {}
+
+        def layer(cat, p_empty, sh=sh, sw=sw):
+            m = np.array(numbers[cat])[rng.integers(0, len(numbers[cat]), (sh, sw))]
+            m[rng.random((sh, sw)) < p_empty] = 0
+            return m.astype(np.int32)
+
+        pixel["color"] = [layer("color", 0.1)]
+        k = int(rng.integers(0, 3))
+        if k:
+            pixel["object"] = [layer("object", 0.4) for _ in range(k)]
+        if rng.random() < 0.4:
+            pixel["part"] = [layer("part", 0.7)]
+        image_level["scene"] = [int(rng.choice(numbers["scene"]))]
+        t = int(rng.integers(0, 3))
+        if t:
+            image_level["texture"] = [int(x) for x in rng.choice(numbers["texture"], t, replace=False)]
+        if rng.random() < 0.2 and "object" in pixel:  # a concept both image-level and pixel-level
+            image_level["texture"] = [*image_level.get("texture", []), int(numbers["texture"][0])]
+            pixel["texture"] = [np.where(rng.random((sh, sw)) < 0.5, numbers["texture"][0], 0).astype(np.int32)]
+        image = rng.integers(0, 256, (*image_size, 3), dtype=np.uint8)
+        rows.append(
+            BrodenRow(f"im{i:03d}.png", "train" if i % 3 else "val", image_size, (sh, sw), pixel, image_level, image)
+        )
+    write_broden(str(root), categories, labels, rows)
+    return labels, rows
+
+
+def reference_labels(labels, rows, categories):
+    """Per-image pixel layers [L, sh, sw] and image-level lists as concept indices (raw, with repeats)."""
+    column = {lb.number: j for j, lb in enumerate(sorted(labels, key=lambda lb: lb.number))}
+    to_col = np.vectorize(lambda x: column.get(int(x), -1))
+    pixel, image = [], []
+    for row in rows:
+        maps = [to_col(m) for c in categories for m in row.pixel.get(c, [])]
+        pixel.append(np.stack(maps) if maps else np.zeros((0, *row.label_size), int))
+        image.append([column[x] for c in categories for x in row.image_level.get(c, [])])
+    category = np.array([categories.index(lb.category) for lb in sorted(labels, key=lambda lb: lb.number)])
+    return pixel, image, category
+
+
+@pytest.fixture(scope="session")
+def broden_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("broden") / "ds"
+    labels, rows = random_broden(root)
+    return str(root), labels, rows

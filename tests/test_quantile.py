@@ -1,0 +1,91 @@
+"""Per-unit thresholds: order keys, and radix selection against NumPy on random inputs."""
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from reference_impl import rank_error
+
+from dissectjax.stats.quantile import RadixSelect, key_to_value, order_key, prefix_histogram
+
+
+def test_order_key_is_monotone_and_invertible():
+    # (subnormals are left out: XLA flushes them to zero, so they compare equal to 0)
+    rng = np.random.default_rng(0)
+    x = np.concatenate([rng.normal(0, 1e3, 2000), rng.normal(0, 1e-30, 200), [0.0, -0.0, 1e38, -1e38, 1e-37, -1e-37]])
+    x = np.sort(x.astype(np.float32))
+    keys = np.asarray(order_key(jnp.asarray(x)))
+    assert np.all(np.diff(keys.astype(np.int64)) >= 0)
+    assert np.all((np.diff(keys.astype(np.int64)) > 0) == (np.diff(x) > 0))  # equal floats, equal keys (-0 == +0)
+    np.testing.assert_array_equal(key_to_value(keys), np.where(x == 0, 0.0, x).astype(np.float32))
+
+
+def select(acts, quantile, batch=None, valid=None):
+    """Runs the radix search on acts [N, h, w, U], in batches of ``batch`` rows."""
+    n, units = acts.shape[0], acts.shape[-1]
+    batch = batch or n
+    s = RadixSelect(units, quantile)
+    while not s.done:
+        total = None
+        for start in range(0, n, batch):
+            a = acts[start : start + batch]
+            v = np.ones(len(a), bool) if valid is None else valid[start : start + batch]
+            c, lo, hi, bad = (
+                np.asarray(x)
+                for x in prefix_histogram(jnp.asarray(a), jnp.asarray(v), jnp.asarray(s.prefix), s.depth, s.bits)
+            )
+            assert not bad.any()
+            if total is None:
+                total = [c.astype(np.int64), lo, hi]
+            else:
+                total = [total[0] + c, np.minimum(total[1], lo), np.maximum(total[2], hi)]
+        s.step(*total)
+    return s.thresholds
+
+
+DISTRIBUTIONS = {
+    "normal": lambda rng, shape: rng.normal(size=shape),
+    "relu-sparse": lambda rng, shape: np.maximum(rng.normal(-2.5, 1, shape), 0),  # threshold in the ties at 0
+    "heavy-tail": lambda rng, shape: rng.standard_cauchy(shape),
+    "discrete": lambda rng, shape: rng.integers(-3, 4, shape).astype(float),
+    "negative-tiny": lambda rng, shape: -np.abs(rng.normal(0, 1e-20, shape)),
+    "constant": lambda rng, shape: np.full(shape, 2.5),
+}
+
+
+@pytest.mark.parametrize("dist", sorted(DISTRIBUTIONS))
+@pytest.mark.parametrize("quantile", [0.005, 0.05, 0.5])
+def test_thresholds_within_rank_tolerance(dist, quantile):
+    rng = np.random.default_rng(hash((dist, quantile)) % 2**32)
+    acts = DISTRIBUTIONS[dist](rng, (37, 5, 6, 4)).astype(np.float32)
+    acts[..., 3] *= 1000.0  # units on different scales
+    t = select(acts, quantile)
+    for u in range(acts.shape[-1]):
+        assert rank_error(acts[..., u], t[u], quantile) <= 1e-4, (dist, u)
+
+
+def test_thresholds_are_exact_order_statistics_when_few_values():
+    rng = np.random.default_rng(1)
+    acts = rng.normal(size=(9, 3, 3, 2)).astype(np.float32)
+    t = select(acts, 0.1)
+    for u in range(2):
+        v = np.sort(acts[..., u].ravel())[::-1]
+        k = int(np.floor(0.1 * v.size))
+        assert t[u] == v[k]  # exactly k values lie above it
+
+
+def test_batching_and_padding_do_not_change_thresholds():
+    rng = np.random.default_rng(2)
+    acts = rng.gamma(1.0, size=(40, 4, 4, 3)).astype(np.float32)
+    whole = select(acts, 0.01)
+    np.testing.assert_array_equal(whole, select(acts, 0.01, batch=7))
+    padded = np.concatenate([acts, 1e6 * np.ones((5, 4, 4, 3), np.float32)])
+    valid = np.arange(45) < 40
+    np.testing.assert_array_equal(whole, select(padded, 0.01, batch=9, valid=valid))
+
+
+def test_nonfinite_values_are_counted():
+    acts = np.zeros((2, 2, 2, 3), np.float32)
+    acts[0, 0, 0, 1] = np.nan
+    acts[1, 1, 1, 2] = np.inf
+    *_, bad = prefix_histogram(jnp.asarray(acts), jnp.ones(2, bool), jnp.zeros(3, jnp.uint32), 0, 12)
+    np.testing.assert_array_equal(np.asarray(bad), [0, 1, 1])

@@ -1,0 +1,94 @@
+"""Tally kernels against the brute-force reference: exactly equal integer counts."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from reference_impl import counts as reference_counts
+from reference_impl import upsample as reference_upsample
+
+from dissectjax.data.probe import normalize_labels
+from dissectjax.stats.tally import LabelBatch, tally
+from dissectjax.stats.upsample import upsample
+
+NUM_CATEGORIES = 4  # 0, 1 pixel-level; 2, 3 image-level
+
+
+def random_case(rng, n, units, act_hw, label_hw, layers, concepts=11):
+    category = np.array([k % NUM_CATEGORIES for k in range(concepts)])
+    pixel_concepts = np.flatnonzero(category < 2)
+    image_concepts = np.flatnonzero(category >= 2)
+    acts = rng.normal(size=(n, units, *act_hw)).astype(np.float32)
+    pixel = rng.choice(pixel_concepts, size=(n, layers, *label_hw))
+    pixel[rng.random(pixel.shape) < 0.3] = -1
+    pixel[0] = -1  # an image with no pixel labels at all
+    pixel[1, :, : label_hw[0] // 2] = pixel[1, :1, : label_hw[0] // 2]  # the same concept in two layers
+    image = np.full((n, 3), -1)
+    for i in range(n):
+        k = int(rng.integers(0, 3))
+        image[i, :k] = rng.choice(image_concepts, k, replace=False)
+    image[2, 0] = pixel[2, 0, 0, 0] if pixel[2, 0, 0, 0] >= 0 else image[2, 0]  # image- and pixel-level at once
+    thresholds = np.quantile(acts.transpose(1, 0, 2, 3).reshape(units, -1), 0.9, axis=1).astype(np.float32)
+    return acts, thresholds, pixel, image, category
+
+
+def run_tally(acts, thresholds, pixel, image, category, condition, strategy, valid=None):
+    n = len(acts)
+    normalized = np.stack([normalize_labels(pixel[i], image[i]) for i in range(n)])
+    valid = np.ones(n, bool) if valid is None else valid
+    fn = jax.jit(tally, static_argnames=("num_categories", "condition", "strategy"))
+    out = fn(
+        jnp.asarray(acts.transpose(0, 2, 3, 1)),
+        jnp.asarray(thresholds),
+        LabelBatch(jnp.asarray(normalized, jnp.int32), jnp.asarray(image, jnp.int32), jnp.asarray(valid)),
+        jnp.asarray(category, jnp.int32),
+        num_categories=NUM_CATEGORIES,
+        condition=condition,
+        strategy=strategy,
+    )
+    return [np.asarray(x) for x in out]
+
+
+CASES = {
+    "integer-ratio": dict(act_hw=(4, 4), label_hw=(16, 16)),
+    "non-integer-ratio": dict(act_hw=(5, 7), label_hw=(13, 11)),
+    "same-size": dict(act_hw=(6, 6), label_hw=(6, 6)),
+    "downsample": dict(act_hw=(9, 8), label_hw=(6, 5)),
+}
+
+
+@pytest.mark.parametrize("strategy", ["segment", "dense"])
+@pytest.mark.parametrize("condition", [True, False])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_counts_equal_reference(case, condition, strategy):
+    rng = np.random.default_rng(abs(hash(case)) % 2**32)
+    acts, t, pixel, image, category = random_case(rng, n=6, units=5, layers=2, **CASES[case])
+    inter, uarea, carea = run_tally(acts, t, pixel, image, category, condition, strategy)
+    ref = reference_counts(
+        acts, t, list(pixel), [set(r[r >= 0].tolist()) for r in image], category, NUM_CATEGORIES, condition
+    )
+    assert ref[3].sum() == 0  # no pixel within float rounding of a threshold: exact equality is fair
+    np.testing.assert_array_equal(inter, ref[0])
+    np.testing.assert_array_equal(uarea, ref[1])
+    np.testing.assert_array_equal(carea, ref[2])
+
+
+def test_padding_rows_count_nothing():
+    rng = np.random.default_rng(3)
+    acts, t, pixel, image, category = random_case(rng, n=5, units=3, act_hw=(3, 3), label_hw=(7, 7), layers=2)
+    full = run_tally(acts[:3], t, pixel[:3], image[:3], category, True, "segment")
+    padded = run_tally(acts, t, pixel, image, category, True, "segment", valid=np.arange(5) < 3)
+    for a, b in zip(full, padded):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_upsample_matches_reference_and_jax_image_resize():
+    rng = np.random.default_rng(4)
+    a = rng.normal(size=(2, 5, 7, 3)).astype(np.float32)
+    for size in [(13, 11), (5, 7), (16, 28), (3, 4)]:
+        ours = np.asarray(upsample(jnp.asarray(a), size))
+        ref = reference_upsample(a.transpose(0, 3, 1, 2), *size).transpose(0, 2, 3, 1)
+        np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5)
+        if size[0] >= 5 and size[1] >= 7:  # upsampling: identical to jax.image.resize
+            resized = np.asarray(jax.image.resize(jnp.asarray(a), (2, *size, 3), "bilinear"))
+            np.testing.assert_allclose(ours, resized, rtol=1e-5, atol=1e-5)
