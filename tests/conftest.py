@@ -52,9 +52,11 @@ def random_broden(root, seed=0, n=23, sizes=((12, 12), (10, 14)), image_size=(20
         t = int(rng.integers(0, 3))
         if t:
             image_level["texture"] = [int(x) for x in rng.choice(numbers["texture"], t, replace=False)]
-        if rng.random() < 0.2 and "object" in pixel:  # a concept both image-level and pixel-level
-            image_level["texture"] = [*image_level.get("texture", []), int(numbers["texture"][0])]
-            pixel["texture"] = [np.where(rng.random((sh, sw)) < 0.5, numbers["texture"][0], 0).astype(np.int32)]
+        if rng.random() < 0.3:  # a concept both image-level and (in another column) pixel-level
+            if numbers["texture"][0] not in image_level.get("texture", []):
+                image_level["texture"] = [*image_level.get("texture", []), int(numbers["texture"][0])]
+            extra = np.where(rng.random((sh, sw)) < 0.5, numbers["texture"][0], 0).astype(np.int32)
+            pixel["part"] = [*pixel.get("part", []), extra]
         image = rng.integers(0, 256, (*image_size, 3), dtype=np.uint8)
         rows.append(
             BrodenRow(f"im{i:03d}.png", "train" if i % 3 else "val", image_size, (sh, sw), pixel, image_level, image)

@@ -4,14 +4,16 @@ Each image has a textured background (one or two regions) and one to three objec
 Twelve scene classes are the cross product of four object groups and three texture
 groups, and every object and texture occurs in several scenes, so telling scenes apart
 needs evidence of both objects and textures: the reason a scene classifier trained on
-them grows object and texture detectors. Labels, evaluated on the same analytic scene at
-the label resolution:
+them grows object and texture detectors. Labels come from the same analytic scene:
 
 * ``color`` (pixel): the named palette color painted at the pixel;
 * ``object`` (pixel, up to two layers): the front object, and the object it occludes;
 * ``part`` (pixel): parts of the composite objects (house, tree, car, lamp);
 * ``texture`` (pixel): the background pattern where no object covers it;
 * ``scene`` (image-level).
+
+Label maps are the most common label over each label pixel's area (Broden's convention
+for segmentations at half the image size).
 
 Image ``i`` of seed ``s`` depends only on ``(s, i)``, so any subset is reproducible.
 """
@@ -29,7 +31,8 @@ import numpy as np
 
 from dissectjax.data.broden import BrodenRow, LabelInfo, write_broden
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # part of the cache key: bump when stored images or labels change
+_STREAM = 1  # part of every random seed: changing it changes every image
 
 COLORS: dict[str, tuple[int, int, int]] = {
     "red": (220, 30, 30),
@@ -171,7 +174,7 @@ def _object_colors(rng, kind: str) -> tuple[int, ...]:
 
 
 def sample_scene(seed: int, index: int, in_group: float = 0.85) -> _Scene:
-    rng = np.random.default_rng([seed, index, GENERATOR_VERSION])
+    rng = np.random.default_rng([seed, index, _STREAM])
     scene = int(rng.integers(len(SCENES)))
     ogroup, tgroup = (OBJECT_GROUPS[SCENE_GROUPS[scene][0]], TEXTURE_GROUPS[SCENE_GROUPS[scene][1]])
     horizon = (float(rng.uniform(0.3, 0.7)), float(rng.uniform(-0.3, 0.3))) if rng.random() < 0.8 else None
@@ -309,39 +312,67 @@ def _render(scene: _Scene, n: int) -> dict[str, np.ndarray]:
     return {"color": color, "texture": texture, "front": front, "behind": behind, "part": part}
 
 
-def render_image(scene: _Scene, size: int, seed: int, index: int) -> np.ndarray:
-    """uint8 [size, size, 3]: 2x supersampled, with lighting and sensor noise."""
-    rng = np.random.default_rng([seed, index, GENERATOR_VERSION, 1])
-    color = _render(scene, 2 * size)["color"]
-    rgb = PALETTE[color] * rng.uniform(0.85, 1.15) + rng.normal(0, 6, (2 * size, 2 * size, 3))
-    rgb = rgb.reshape(size, 2, size, 2, 3).mean(axis=(1, 3))
+def _mode_pool(labels: np.ndarray, block: int) -> np.ndarray:
+    """int [n, n] -> [n/block, n/block]: the most common value in each block (ties: smallest)."""
+    n = labels.shape[0] // block
+    tiles = labels.reshape(n, block, n, block).transpose(0, 2, 1, 3).reshape(n, n, block * block)
+    values = np.unique(tiles)
+    votes = (tiles[..., None] == values).sum(axis=2)  # [n, n, V]
+    return values[np.argmax(votes, axis=-1)]
+
+
+def _photograph(color: np.ndarray, image_size: int, seed: int, index: int) -> np.ndarray:
+    """Palette indices [2s, 2s] -> uint8 [s, s, 3]: lighting, sensor noise, 2 x 2 antialiasing."""
+    n = 2 * image_size
+    rng = np.random.default_rng([seed, index, _STREAM, 1])
+    rgb = PALETTE[color] * rng.uniform(0.85, 1.15) + rng.normal(0, 6, (n, n, 3))
+    rgb = rgb.reshape(image_size, 2, image_size, 2, 3).mean(axis=(1, 3))
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
 
 
-def render_labels(scene: _Scene, size: int) -> tuple[dict[str, list[np.ndarray]], dict[str, list[int]]]:
-    """Broden label numbers: pixel maps per category (int32 [size, size]) and image-level labels."""
-    r = _render(scene, size)
+def render_image(scene: _Scene, image_size: int, seed: int, index: int) -> np.ndarray:
+    """uint8 [image_size, image_size, 3]."""
+    return _photograph(_render(scene, 2 * image_size)["color"], image_size, seed, index)
+
+
+def render(scene: _Scene, image_size: int, label_size: int, seed: int, index: int):
+    """The image (uint8 [image_size, image_size, 3]) and label maps at ``label_size``.
+
+    The scene is evaluated once on a grid of ``2 * image_size`` samples a side: the image
+    averages 2 x 2 samples, and each label pixel takes the most common label of the
+    samples it covers, like Broden's downsampled segmentations.
+    """
+    n = 2 * image_size
+    if n % label_size:
+        raise ValueError(f"label_size {label_size} must divide 2 * image_size = {n}")
+    fine = _render(scene, n)
+    labels = {k: _mode_pool(v, n // label_size) for k, v in fine.items()}
+    return _photograph(fine["color"], image_size, seed, index), labels
+
+
+def broden_labels(scene: _Scene, labels: dict[str, np.ndarray]):
+    """Broden label numbers: pixel maps per category (int32 [s, s]) and image-level labels."""
 
     def numbers(category: str, names: tuple[str, ...], idx: np.ndarray) -> np.ndarray:
         table = np.array([0] + [_number(category, n) for n in names], np.int32)
         return table[idx + 1]
 
-    pixel = {"color": [numbers("color", COLOR_NAMES, r["color"])]}
-    pixel["object"] = [numbers("object", OBJECTS, r["front"])]
-    if np.any(r["behind"] >= 0):
-        pixel["object"].append(numbers("object", OBJECTS, r["behind"]))
-    if np.any(r["part"] >= 0):
-        pixel["part"] = [numbers("part", PARTS, r["part"])]
-    if np.any(r["texture"] >= 0):
-        pixel["texture"] = [numbers("texture", TEXTURES, r["texture"])]
+    pixel = {"color": [numbers("color", COLOR_NAMES, labels["color"])]}
+    pixel["object"] = [numbers("object", OBJECTS, labels["front"])]
+    if np.any(labels["behind"] >= 0):
+        pixel["object"].append(numbers("object", OBJECTS, labels["behind"]))
+    if np.any(labels["part"] >= 0):
+        pixel["part"] = [numbers("part", PARTS, labels["part"])]
+    if np.any(labels["texture"] >= 0):
+        pixel["texture"] = [numbers("texture", TEXTURES, labels["texture"])]
     return pixel, {"scene": [_number("scene", SCENES[scene.scene])]}
 
 
-def generate_row(config: SyntheticConfig, index: int, with_image: bool = True) -> BrodenRow:
+def generate_row(config: SyntheticConfig, index: int) -> BrodenRow:
     """Image ``index`` of the configured set, with its labels."""
     scene = sample_scene(config.seed, index, config.in_group)
-    pixel, image_level = render_labels(scene, config.label_size)
-    image = render_image(scene, config.image_size, config.seed, index) if with_image else None
+    image, labels = render(scene, config.image_size, config.label_size, config.seed, index)
+    pixel, image_level = broden_labels(scene, labels)
     size = (config.image_size, config.image_size)
     return BrodenRow(f"scene{index:06d}.png", "train", size, (config.label_size,) * 2, pixel, image_level, image)
 

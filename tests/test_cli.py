@@ -1,0 +1,103 @@
+"""The command line: outputs per DESIGN.md section 6, and one-line errors on bad input."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from dissectjax.cli import main
+
+
+def run_cli(*argv, cwd=None):
+    """The real console entry point in a subprocess: (exit status, stdout, stderr)."""
+    p = subprocess.run([sys.executable, "-m", "dissectjax", *argv], capture_output=True, text=True, timeout=300,
+                       cwd=cwd)  # fmt: skip
+    return p.returncode, p.stdout, p.stderr
+
+
+def test_outputs_follow_the_contract(tmp_path, broden_dir):
+    root, _, _ = broden_dir
+    n = sum(1 for _ in open(os.path.join(root, "index.csv"))) - 1
+    acts = np.random.default_rng(0).normal(size=(n, 6, 3, 3)).astype(np.float32)
+    np.save(tmp_path / "mylayer.npy", acts)
+    out = tmp_path / "out"
+    assert main(["dissect", "--activations", str(tmp_path / "mylayer.npy"), "--dataset", root, "--out", str(out),
+                 "--quantile", "0.05", "--quiet"]) == 0  # fmt: skip
+    with open(out / "concepts.csv") as f:
+        concepts = list(csv.DictReader(f))
+    assert [c["index"] for c in concepts] == [str(i) for i in range(len(concepts))]
+    counts = np.load(out / "mylayer" / "counts.npz", allow_pickle=False)
+    assert counts["intersection"].shape == (6, len(concepts))
+    assert counts["unit_area"].shape == (6, 5) and list(counts["categories"]) == ["color", "object", "part", "scene",
+                                                                                   "texture"]  # fmt: skip
+    with open(out / "mylayer" / "units.csv") as f:
+        units = list(csv.DictReader(f))
+    assert [u["unit"] for u in units] == [str(i) for i in range(6)]
+    assert "object-iou" in units[0] and "texture-intersect" in units[0]
+    summary = json.loads((out / "summary.json").read_text())
+    layer = summary["layers"]["mylayer"]
+    assert layer["units"] == 6 and layer["images"] == n and "total" in layer["unique_detectors"]
+    assert summary["versions"]["jax"]
+
+
+@pytest.mark.parametrize(
+    "case, expect",
+    [
+        ("missing-dataset", "neither 'synthetic' nor an existing Broden directory"),
+        ("malformed-dataset", "must start with columns"),
+        ("wrong-rows", "rows but the dataset has"),
+        ("wrong-rank", "expected 4 axes"),
+        ("nan", "NaN/Inf"),
+        ("unknown-model", "unknown model 'nosuchnet'; available models:"),
+        ("unknown-layer", "unknown layer 'conv9'"),
+        ("bad-quantile", "--quantile must be between 0 and 1"),
+    ],
+)
+def test_bad_input_gets_one_line_error_and_no_output(tmp_path, broden_dir, case, expect):
+    root, _, _ = broden_dir
+    n = sum(1 for _ in open(os.path.join(root, "index.csv"))) - 1
+    acts = np.random.default_rng(0).normal(size=(n, 4, 3, 3)).astype(np.float32)
+    dataset, layer_args = root, None
+    if case == "missing-dataset":
+        dataset = str(tmp_path / "nowhere")
+    elif case == "malformed-dataset":
+        dataset = str(tmp_path / "bad")
+        os.makedirs(dataset)
+        (tmp_path / "bad" / "index.csv").write_text("a,b,c\n1,2,3\n")
+        (tmp_path / "bad" / "label.csv").write_text("number,name,category\n1,x,color\n")
+    elif case == "wrong-rows":
+        acts = acts[:-2]
+    elif case == "wrong-rank":
+        acts = acts[:, :, 0]
+    elif case == "nan":
+        acts[3, 1, 0, 0] = np.inf
+    elif case == "unknown-model":
+        layer_args = ["--model", "nosuchnet", "--layers", "conv1"]
+    elif case == "unknown-layer":
+        layer_args = ["--model", "scenenet", "--layers", "conv5,conv9"]
+    np.save(tmp_path / "acts.npy", acts)
+    source = layer_args or ["--activations", str(tmp_path / "acts.npy")]
+    extra = ["--quantile", "1.5"] if case == "bad-quantile" else []
+    out = tmp_path / "out"
+    code, stdout, stderr = run_cli("dissect", "--dataset", dataset, "--out", str(out), *source, *extra, "--quiet")
+    assert code != 0
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and expect in lines[0], stderr
+    assert "Traceback" not in stderr
+    assert not out.exists()  # nothing that looks like a result
+    assert not [p for p in os.listdir(tmp_path) if p.startswith(".out")]  # no temporary leftovers
+
+
+def test_refuses_to_overwrite_unrelated_directory(tmp_path, broden_dir):
+    root, _, _ = broden_dir
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "notes.txt").write_text("my work")
+    n = sum(1 for _ in open(os.path.join(root, "index.csv"))) - 1
+    np.save(tmp_path / "a.npy", np.ones((n, 2, 2, 2), np.float32))
+    code = main(["dissect", "--activations", str(tmp_path / "a.npy"), "--dataset", root,
+                 "--out", str(tmp_path / "precious"), "--quiet"])  # fmt: skip
+    assert code == 2 and (tmp_path / "precious" / "notes.txt").read_text() == "my work"

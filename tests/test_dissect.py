@@ -1,0 +1,94 @@
+"""The dissection driver end to end on random Broden data, against the brute-force reference."""
+
+import numpy as np
+import pytest
+from conftest import reference_labels
+from reference_impl import assert_counts_match
+from reference_impl import counts as reference_counts
+from reference_impl import iou as reference_iou
+from reference_impl import rank_error
+
+from dissectjax.data.broden import BrodenDataset
+from dissectjax.dissect import DissectConfig, dissect
+from dissectjax.errors import DissectError
+from dissectjax.sources import ArraySource
+
+
+def random_acts(n, seed=0, units=7, hw=(5, 6)):
+    rng = np.random.default_rng(seed)
+    acts = rng.gamma(2.0, size=(n, units, *hw)).astype(np.float32)
+    acts[:, 3] = np.maximum(acts[:, 3] - 4.5, 0)  # mostly zero: thresholds in ties
+    acts[:, 5] = -acts[:, 5]  # all negative
+    return acts
+
+
+@pytest.mark.parametrize("quantile", [0.005, 0.1])
+@pytest.mark.parametrize("condition", [True, False])
+def test_dissect_matches_reference(broden_dir, quantile, condition):
+    root, labels, rows = broden_dir
+    ds = BrodenDataset(root)
+    acts = random_acts(len(ds))
+    result = dissect(ArraySource(acts, "layer", len(ds)), ds, DissectConfig(quantile, 0.04, condition, batch_size=5))
+    r = result["layer"]
+    for u in range(acts.shape[1]):
+        assert rank_error(acts[:, u], r.thresholds[u], quantile) <= 1e-4
+    pixel, image, category = reference_labels(labels, rows, list(ds.categories))
+    inter, uarea, carea, ambiguous = reference_counts(acts, r.thresholds, pixel, image, category, 5, condition)
+    assert_counts_match(r.intersection, inter, ambiguous)
+    assert_counts_match(r.unit_area, uarea, ambiguous)
+    np.testing.assert_array_equal(r.concept_area, carea)
+    ref_iou = reference_iou(r.intersection, r.unit_area, carea, category)  # labels from the same counts
+    np.testing.assert_allclose(r.iou, ref_iou, atol=1e-12)
+    np.testing.assert_array_equal(r.labels.label, np.argmax(ref_iou, axis=1))
+    np.testing.assert_array_equal(r.labels.detector, ref_iou.max(1) >= 0.04)
+    for k in range(5):  # best concept per category
+        cols = np.flatnonzero(category == k)
+        np.testing.assert_array_equal(r.labels.best_per_category[:, k], cols[np.argmax(ref_iou[:, cols], axis=1)])
+
+
+def test_results_do_not_depend_on_batch_size(broden_dir):
+    root, _, _ = broden_dir
+    ds = BrodenDataset(root)
+    source = ArraySource(random_acts(len(ds), seed=1), "layer", len(ds))
+    runs = [dissect(source, ds, DissectConfig(0.02, batch_size=b))["layer"] for b in (1, 4, 64)]
+    for other in runs[1:]:
+        np.testing.assert_array_equal(runs[0].thresholds, other.thresholds)
+        np.testing.assert_array_equal(runs[0].intersection, other.intersection)
+        np.testing.assert_array_equal(runs[0].unit_area, other.unit_area)
+        np.testing.assert_array_equal(runs[0].concept_area, other.concept_area)
+
+
+def test_strategies_agree(broden_dir):
+    root, _, _ = broden_dir
+    ds = BrodenDataset(root)
+    source = ArraySource(random_acts(len(ds), seed=2), "layer", len(ds))
+    seg, dense = (dissect(source, ds, DissectConfig(0.05, strategy=s))["layer"] for s in ("segment", "dense"))
+    np.testing.assert_array_equal(seg.intersection, dense.intersection)
+    np.testing.assert_array_equal(seg.unit_area, dense.unit_area)
+
+
+def test_unique_detectors_count_distinct_labels(broden_dir):
+    root, _, _ = broden_dir
+    ds = BrodenDataset(root)
+    r = dissect(ArraySource(random_acts(len(ds), seed=3), "layer", len(ds)), ds, DissectConfig(0.2, 0.01))["layer"]
+    found = set(r.labels.label[r.labels.detector].tolist())
+    assert r.unique["total"] == len(found)
+    assert sum(v for k, v in r.unique.items() if k != "total") == len(found)
+
+
+def test_nan_activations_are_an_error(broden_dir):
+    root, _, _ = broden_dir
+    ds = BrodenDataset(root)
+    acts = random_acts(len(ds))
+    acts[4, 2, 1, 1] = np.nan
+    with pytest.raises(DissectError, match=r"NaN/Inf .* unit 2"):
+        dissect(ArraySource(acts, "layer", len(ds)), ds)
+
+
+def test_activation_rows_must_match_dataset(broden_dir):
+    root, _, _ = broden_dir
+    ds = BrodenDataset(root)
+    with pytest.raises(DissectError, match="rows but the dataset has"):
+        ArraySource(random_acts(len(ds) - 1), "layer", len(ds))
+    with pytest.raises(DissectError, match="expected 4 axes"):
+        ArraySource(np.zeros((len(ds), 3, 4)), "layer", len(ds))
