@@ -20,7 +20,8 @@ def _progress(enabled: bool):
         return lambda iterable, **_: iterable
     from tqdm.auto import tqdm
 
-    return lambda iterable, **kw: tqdm(iterable, file=sys.stderr, dynamic_ncols=True, **kw)
+    # disable=None: bars only on a terminal, so logs and pipes stay readable
+    return lambda iterable, **kw: tqdm(iterable, file=sys.stderr, dynamic_ncols=True, disable=None, **kw)
 
 
 def _say(quiet: bool):

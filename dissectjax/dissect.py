@@ -10,7 +10,6 @@ depend on batch size, order, or how the work is split.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import time
 from collections.abc import Callable, Iterable
 
@@ -102,15 +101,8 @@ class _IntSum:
         return self.total
 
 
-@functools.partial(jax.jit, static_argnames=("depth", "bits"))
-def _histogram(acts, valid, prefix, depth, bits):
-    counts, kmin, kmax, nonfinite = prefix_histogram(acts, valid, prefix, depth, bits)
-    return counts, kmin, kmax, nonfinite
-
-
-@functools.partial(jax.jit, static_argnames=("num_categories", "condition", "strategy"))
-def _tally(acts, thresholds, labels, concept_category, num_categories, condition, strategy):
-    return tally(acts, thresholds, labels, concept_category, num_categories, condition, strategy)
+_histogram = jax.jit(prefix_histogram, static_argnames=("depth", "bits"))
+_tally = jax.jit(tally, static_argnames=("num_categories", "condition", "strategy"))
 
 
 def _merge_minmax(a, b):

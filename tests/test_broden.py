@@ -57,7 +57,7 @@ def test_synthetic_is_deterministic_and_has_multilabel_pixels():
 
 
 def test_reader_layout_and_multilabel_cells(broden_dir):
-    root, labels, rows = broden_dir
+    root, _labels, rows = broden_dir
     ds = BrodenDataset(root)
     assert ds.pixel_layers["object"] == 2 and ds.pixel_layers["color"] == 1
     assert ds.max_image_labels >= 3
@@ -84,7 +84,7 @@ def test_missing_directory_and_files(tmp_path, broken):
     with pytest.raises(DissectError, match="does not exist"):
         BrodenDataset(str(tmp_path / "nope"))
     os.remove(broken / "label.csv")
-    with pytest.raises(DissectError, match="label.csv is missing"):
+    with pytest.raises(DissectError, match=r"label\.csv is missing"):
         BrodenDataset(str(broken))
 
 
@@ -108,7 +108,7 @@ def test_unknown_label_number(broken):
     lines = (broken / "label.csv").read_text().splitlines()
     (broken / "label.csv").write_text("\n".join(lines[:1] + lines[2:]) + "\n")  # drop color0, used everywhere
     ds = BrodenDataset(str(broken))
-    with pytest.raises(DissectError, match="not listed in label.csv"):
+    with pytest.raises(DissectError, match=r"not listed in label\.csv"):
         for i in range(len(ds)):
             example_labels(ds, i)
 
@@ -116,7 +116,7 @@ def test_unknown_label_number(broken):
 def test_category_not_a_column(broken):
     text = (broken / "label.csv").read_text().replace("color(", "material(", 1)
     (broken / "label.csv").write_text(text)
-    with pytest.raises(DissectError, match="not a column of index.csv"):
+    with pytest.raises(DissectError, match=r"not a column of index\.csv"):
         BrodenDataset(str(broken))
 
 
@@ -127,5 +127,5 @@ def test_wrong_segmentation_size(broken):
     from PIL import Image
 
     Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(broken / "images" / name)
-    with pytest.raises(DissectError, match="index.csv says"):
+    with pytest.raises(DissectError, match=r"index\.csv says"):
         ds.row(int(name[2:5]))

@@ -83,7 +83,7 @@ def test_bad_input_gets_one_line_error_and_no_output(tmp_path, broden_dir, case,
     source = layer_args or ["--activations", str(tmp_path / "acts.npy")]
     extra = ["--quantile", "1.5"] if case == "bad-quantile" else []
     out = tmp_path / "out"
-    code, stdout, stderr = run_cli("dissect", "--dataset", dataset, "--out", str(out), *source, *extra, "--quiet")
+    code, _stdout, stderr = run_cli("dissect", "--dataset", dataset, "--out", str(out), *source, *extra, "--quiet")
     assert code != 0
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and expect in lines[0], stderr

@@ -29,7 +29,7 @@ def test_sown_layers(name):
     model = build_model(name)
     x = jnp.zeros((2, *shape), jnp.uint8)
     variables = init_variables(model, shape)
-    logits, state = model.apply(variables, x, train=False, mutable=["intermediates"])
+    _logits, state = model.apply(variables, x, train=False, mutable=["intermediates"])
     for layer, s in expected.items():
         value = state["intermediates"][layer]
         assert isinstance(value, jax.Array) and value.shape == (2, *s)  # the bare array, not a tuple
