@@ -73,13 +73,36 @@ def format_table(results) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
-def run_dissection(source, dataset, config, out: str, info: dict, progress, say):
-    from dissectjax.dissect import dissect
-    from dissectjax.results import atomic_directory, write_results
+def run_dissection(source, dataset, config, out: str, info: dict, progress, say, resume: bool = True,
+                   save_every: float = 60.0):  # fmt: skip
+    """Dissects and writes ``out`` atomically (on the main process), resuming a killed run."""
+    from dissectjax.dissect import ResumeFile, dissect
+    from dissectjax.parallel import DataParallel
+    from dissectjax.results import atomic_directory, check_output_path, write_results
 
+    parallel = DataParallel.create()
+    check_output_path(out)
+    resume_file = None
+    if resume:
+        out_abs = os.path.abspath(out)
+        path = os.path.join(os.path.dirname(out_abs), f".{os.path.basename(out_abs)}.resume.npz")
+        fingerprint = {
+            **info,
+            "layers": list(source.layers),
+            "config": dataclasses.asdict(config),
+            "images": len(dataset),
+            "global_batch": parallel.global_batch_size(config.batch_size),
+        }
+        resume_file = ResumeFile(path, fingerprint, save_every)
+        if parallel.is_main and resume_file.load() is not None:
+            say(f"resuming from {path}")
+    if not parallel.is_main:
+        return dissect(source, dataset, config, progress, parallel, resume_file)
     with atomic_directory(out) as tmp:
-        results = dissect(source, dataset, config, progress)
+        results = dissect(source, dataset, config, progress, parallel, resume_file)
         write_results(tmp, results, info)
+    if resume_file is not None:
+        resume_file.remove()
     say(f"wrote {out}")
     return results
 
@@ -89,7 +112,14 @@ def cmd_dissect(args) -> int:
     from dissectjax.dissect import DissectConfig
     from dissectjax.sources import ArraySource
 
-    progress, say = _progress(not args.quiet), _say(args.quiet)
+    if args.coordinator or args.num_processes or os.environ.get("DISSECTJAX_COORDINATOR"):
+        from dissectjax.parallel import initialize_distributed
+
+        initialize_distributed(args.coordinator, args.num_processes, args.process_id)
+    import jax
+
+    main_process = jax.process_index() == 0
+    progress, say = _progress(not args.quiet and main_process), _say(args.quiet or not main_process)
     config = DissectConfig(args.quantile, args.iou_threshold, not args.no_condition, args.batch_size)
     dataset, dataset_name = open_dataset(args.dataset, progress, say, args.split)
     if args.activations:
@@ -102,8 +132,10 @@ def cmd_dissect(args) -> int:
     else:
         source, model_name = _model_source(args, dataset)
     info = {"model": model_name, "dataset": dataset_name}
-    results = run_dissection(source, dataset, config, args.out, info, progress, say)
-    print(format_table(results))
+    results = run_dissection(source, dataset, config, args.out, info, progress, say, not args.no_resume,
+                             args.save_every)  # fmt: skip
+    if main_process:
+        print(format_table(results))
     return 0
 
 
@@ -206,7 +238,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--out", default="dissectjax-demo", help="output directory (default: %(default)s)")
     d.add_argument("--images", type=int, default=DEMO_PROBE["size"], help="probe images (default: %(default)s)")
     d.add_argument("--checkpoint", help="checkpoint directory (default: checkpoints/scenenet)")
-    d.add_argument("--batch-size", type=int, default=100)
+    d.add_argument("--batch-size", type=int, default=100, help="images per device and batch (default: %(default)s)")
     d.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     d.set_defaults(func=cmd_demo)
 
@@ -219,10 +251,23 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--activations", help="precomputed activations [N, U, h, w] .npy (row i = index.csv row i)")
     s.add_argument("--quantile", type=float, default=0.005, help="top quantile per unit (default: %(default)s)")
     s.add_argument("--iou-threshold", type=float, default=0.04, help="detector IoU threshold (default: %(default)s)")
-    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--batch-size", type=int, default=64, help="images per device and batch (default: %(default)s)")
     s.add_argument("--no-condition", action="store_true", help="count unit area in all images, not only labelled ones")
     s.add_argument("--split", help="only rows of this index.csv split (default: all)")
     s.add_argument("--seed", type=int, default=0, help="initialization seed for --model without --checkpoint")
+    s.add_argument(
+        "--no-resume", action="store_true", help="start afresh: do not save or reuse the state of an interrupted run"
+    )
+    s.add_argument(
+        "--save-every",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="save the state for resuming this often (default: %(default)s)",
+    )
+    s.add_argument("--coordinator", help="multi-host: address:port of process 0 (jax.distributed)")
+    s.add_argument("--num-processes", type=int, help="multi-host: number of processes")
+    s.add_argument("--process-id", type=int, help="multi-host: this process's index")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_dissect)
 

@@ -3,13 +3,21 @@
     source(batch) -> activations -> histograms -> thresholds     (passes 1..3, until resolved)
     source(batch) -> activations + labels -> counts -> IoU -> labels   (final pass)
 
-Every statistic is an integer sum (or min/max) over batches, so the result does not
-depend on batch size, order, or how the work is split.
+Every statistic is an integer sum (or min/max) over batches, reduced over all devices and
+hosts inside the compiled kernels (:mod:`dissectjax.parallel`), so the result does not
+depend on batch size, order, or how the work is split. With a resume file, the
+accumulated state is saved atomically every so often, and a restarted run continues
+from the last save with bit-identical results.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
+import json
+import os
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 
@@ -19,8 +27,9 @@ import numpy as np
 
 from dissectjax.data.broden import BrodenDataset
 from dissectjax.data.concepts import Concepts
-from dissectjax.data.probe import batch_plan, iterate_batches
+from dissectjax.data.probe import ProbeBatch, batch_plan, iterate_batches
 from dissectjax.errors import DissectError
+from dissectjax.parallel import DataParallel, to_host
 from dissectjax.stats.labels import UnitLabels, iou, label_units, unique_detectors
 from dissectjax.stats.quantile import RadixSelect, prefix_histogram
 from dissectjax.stats.tally import Counts, LabelBatch, default_strategy, tally
@@ -33,7 +42,7 @@ class DissectConfig:
     quantile: float = 0.005
     iou_threshold: float = 0.04
     condition: bool = True
-    batch_size: int = 64
+    batch_size: int = 64  # per device: the global batch is batch_size x device count
     strategy: str | None = None  # tally strategy; None picks by backend
 
     def __post_init__(self):
@@ -73,128 +82,254 @@ class LayerResult:
         return int(self.labels.detector.sum())
 
 
-class _IntSum:
-    """Sums int32 device arrays into exact int64 host totals.
+# ---- accumulation -----------------------------------------------------------------------
+_REDUCE = {"sum": (jnp.add, np.add), "min": (jnp.minimum, np.minimum), "max": (jnp.maximum, np.maximum)}
 
-    ``add(value, bound)`` promises that no entry of ``value`` exceeds ``bound``; the device
-    partial sum is moved to the host before the bounds could overflow int32.
+
+class _Accumulator:
+    """Reduces per-batch device statistics into exact host totals (int64 for sums).
+
+    Sums accumulate in int32 on the device; ``add(value, bound)`` promises that no entry
+    of a summed leaf grows by more than ``bound``, and the partial result moves to the
+    host before the bounds could overflow int32.
     """
 
     _LIMIT = 2**31 - 1
 
-    def __init__(self):
+    def __init__(self, reductions, total=None):
+        self._reductions = reductions
         self._device = None
         self._bound = 0
-        self.total = None
+        self.total = total
 
     def add(self, value, bound: int) -> None:
         if self._bound + bound > self._LIMIT:
             self.flush()
-        self._device = value if self._device is None else jax.tree.map(jnp.add, self._device, value)
+        if self._device is None:
+            self._device = value
+        else:
+            self._device = jax.tree.map(lambda r, a, b: _REDUCE[r][0](a, b), self._reductions, self._device, value)
         self._bound += bound
 
     def flush(self):
         if self._device is not None:
-            host = jax.tree.map(lambda a: np.asarray(a, np.int64), self._device)
-            self.total = host if self.total is None else jax.tree.map(np.add, self.total, host)
+            host = jax.tree.map(
+                lambda r, a: to_host(a).astype(np.int64) if r == "sum" else to_host(a), self._reductions, self._device
+            )
+            if self.total is None:
+                self.total = host
+            else:
+                self.total = jax.tree.map(lambda r, a, b: _REDUCE[r][1](a, b), self._reductions, self.total, host)
             self._device, self._bound = None, 0
         return self.total
 
 
-_histogram = jax.jit(prefix_histogram, static_argnames=("depth", "bits"))
-_tally = jax.jit(tally, static_argnames=("num_categories", "condition", "strategy"))
+_HISTOGRAM = ("sum", "min", "max", "sum")  # counts, kmin, kmax, nonfinite
+_COUNTS = Counts("sum", "sum", "sum")
 
 
-def _merge_minmax(a, b):
-    return (jnp.minimum(a[0], b[0]), jnp.maximum(a[1], b[1]))
+# ---- resume -------------------------------------------------------------------------------
+class ResumeFile:
+    """Atomically saved dissection state, tied to a fingerprint of the run's inputs."""
+
+    def __init__(self, path: str, fingerprint: dict, every_seconds: float = 60.0):
+        self.path = path
+        self.fingerprint = hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()
+        self.every = every_seconds
+        self._last = time.monotonic()
+
+    def due(self) -> bool:
+        return time.monotonic() - self._last >= self.every
+
+    def load(self) -> dict | None:
+        if not os.path.isfile(self.path):
+            return None
+        with np.load(self.path, allow_pickle=False) as f:
+            state = {k: f[k] for k in f.files}
+        if str(state.pop("fingerprint")) != self.fingerprint:
+            return None  # saved by a different run: start afresh
+        return state
+
+    def save(self, state: dict) -> None:
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".resume-", suffix=".npz", dir=directory)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, fingerprint=np.array(self.fingerprint), **state)
+            os.replace(tmp, self.path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        self._last = time.monotonic()
+
+    def remove(self) -> None:
+        if os.path.exists(self.path):
+            os.remove(self.path)
 
 
+def _flatten(prefix: str, tree) -> dict[str, np.ndarray]:
+    leaves = jax.tree.leaves(tree)
+    return {f"{prefix}/{i}": np.asarray(leaf) for i, leaf in enumerate(leaves)}
+
+
+def _unflatten(prefix: str, like, state: dict):
+    """The tree saved by :func:`_flatten`, shaped like ``like``; None if nothing was saved."""
+    keys = [f"{prefix}/{i}" for i in range(len(jax.tree.leaves(like)))]
+    if not all(k in state for k in keys):
+        return None
+    return jax.tree.unflatten(jax.tree.structure(like), [state[k] for k in keys])
+
+
+# ---- the driver -----------------------------------------------------------------------------
 def _no_progress(iterable, **_):
     return iterable
 
 
-def compute_thresholds(source, probe: BrodenDataset, config: DissectConfig, progress: Progress = _no_progress):
-    """Per-unit thresholds {layer: float32 [U]} by radix selection over histogram passes."""
-    plan = batch_plan(probe, config.batch_size)
-    select = {name: RadixSelect(source.units[name], config.quantile) for name in source.layers}
-    level = 0
-    while not all(s.done for s in select.values()):
-        active = [name for name, s in select.items() if not s.done]
-        counts, extremes = {}, {}
-        nonfinite = {}
-        batches = iterate_batches(probe, plan, images=source.needs_images, labels=False)
-        desc = f"thresholds, pass {level + 1}"
-        for batch in progress(batches, total=len(plan), desc=desc, unit="batch", leave=False):
-            acts = source(batch)
-            valid = jnp.asarray(batch.valid)
+class _Run:
+    """One dissection: the passes over the probe set and their saved state."""
+
+    def __init__(self, source, probe, config, progress, parallel, resume):
+        self.source, self.probe, self.config = source, probe, config
+        self.progress = progress if parallel.is_main else _no_progress
+        self.dp = parallel
+        self.resume = resume
+        self.plan = batch_plan(probe, parallel.global_batch_size(config.batch_size))
+        self.layers = list(source.layers)
+        self.select = {name: RadixSelect(source.units[name], config.quantile) for name in self.layers}
+        hist = parallel.reduce(prefix_histogram, 2, _HISTOGRAM)
+        self._histogram = jax.jit(lambda a, v, p, depth, bits: hist(a, v, p, depth=depth, bits=bits),
+                                  static_argnums=(3, 4))  # fmt: skip
+        count = parallel.reduce(lambda a, labels, t, cat, **kw: tally(a, t, labels, cat, **kw), 2, _COUNTS)
+        self._tally = jax.jit(lambda a, labels, t, cat, k, cond, strat: count(a, labels, t, cat, num_categories=k,
+                                                                             condition=cond, strategy=strat),
+                              static_argnums=(4, 5, 6))  # fmt: skip
+
+    # batches: this process's rows of every global batch, sharded onto the mesh
+    def _batches(self, start: int, labels: bool, desc: str):
+        local_plan = [self.dp.local_rows(rows) for rows in self.plan[start:]]
+        batches = iterate_batches(self.probe, local_plan, images=self.source.needs_images, labels=labels)
+        return self.progress(batches, total=len(self.plan), initial=start, desc=desc, unit="batch", leave=False)
+
+    def _activations(self, batch: ProbeBatch) -> dict[str, jax.Array]:
+        return self.source.activations(batch, self.dp)
+
+    def _maybe_save(self, state_fn, force=False):
+        if self.resume is not None and (force or self.resume.due()):
+            state = state_fn()
+            if self.dp.is_main:
+                self.resume.save(state)
+
+    def _state(self, stage: str, batch: int, accumulators: dict[str, _Accumulator]) -> dict:
+        """Everything needed to continue from ``batch`` of the current pass."""
+        state = {"stage": np.array(stage), "batch": np.array(batch), **self._select_state()}
+        for name, acc in accumulators.items():
+            total = acc.flush()
+            if total is not None:
+                state.update(_flatten(f"{stage}/{name}", total))
+        return state
+
+    def _select_state(self) -> dict:
+        state = {}
+        for name, s in self.select.items():
+            for field in ("prefix", "above", "resolved", "threshold_keys"):
+                state[f"select/{name}/{field}"] = getattr(s, field)
+            state[f"select/{name}/level"] = np.array(s.level)
+            state[f"select/{name}/total"] = np.array(-1 if s.total is None else s.total)
+        return state
+
+    def _restore_select(self, state: dict) -> None:
+        for name, s in self.select.items():
+            for field in ("prefix", "above", "resolved", "threshold_keys"):
+                setattr(s, field, state[f"select/{name}/{field}"])
+            s.level = int(state[f"select/{name}/level"])
+            total = int(state[f"select/{name}/total"])
+            s.total = None if total < 0 else total
+
+    def thresholds(self, saved: dict | None) -> dict[str, np.ndarray]:
+        if saved is not None:
+            self._restore_select(saved)
+        while not all(s.done for s in self.select.values()):
+            active = [name for name, s in self.select.items() if not s.done]
+            level = self.select[active[0]].level
+            start = 0
+            acc = {name: _Accumulator(_HISTOGRAM) for name in active}
+            if saved is not None and str(saved["stage"]) == "threshold":
+                start = int(saved["batch"])
+                for name in active:
+                    acc[name].total = _unflatten(f"threshold/{name}", _HISTOGRAM, saved)
+            saved = None
+
+            prefixes = {name: self.dp.replicate(self.select[name].prefix) for name in active}
+            for i, batch in enumerate(self._batches(start, False, f"thresholds, pass {level + 1}"), start=start):
+                acts = self._activations(batch)
+                valid = self.dp.shard(batch.valid)
+                for name in active:
+                    s = self.select[name]
+                    a = acts[name]
+                    acc[name].add(
+                        self._histogram(a, valid, prefixes[name], s.depth, s.bits), int(np.prod(a.shape[:-1]))
+                    )
+                self._maybe_save(functools.partial(self._state, "threshold", i + 1, acc))
             for name in active:
-                s = select[name]
-                a = acts[name]
-                c, kmin, kmax, bad = _histogram(a, valid, jnp.asarray(s.prefix), s.depth, s.bits)
-                if name not in counts:
-                    counts[name], nonfinite[name] = _IntSum(), _IntSum()
-                    extremes[name] = (kmin, kmax)
-                else:
-                    extremes[name] = _merge_minmax(extremes[name], (kmin, kmax))
-                values = int(np.prod(a.shape[:-1]))  # per unit, in this batch
-                counts[name].add(c, values)
-                nonfinite[name].add(bad, values)
-        for name in active:
-            bad = nonfinite[name].flush()
-            if bad.any():
-                u = int(np.argmax(bad > 0))
-                raise DissectError(
-                    f"layer {name!r} has {int(bad.sum())} NaN/Inf activation values (first in unit {u}); "
-                    "fix the model or the activations file"
-                )
-            kmin, kmax = (np.asarray(e) for e in extremes[name])
-            select[name].step(counts[name].flush(), kmin, kmax)
-        level += 1
-    return {name: s.thresholds for name, s in select.items()}
+                counts, kmin, kmax, nonfinite = acc[name].flush()
+                if nonfinite.any():
+                    u = int(np.argmax(nonfinite > 0))
+                    raise DissectError(
+                        f"layer {name!r} has {int(nonfinite.sum())} NaN/Inf activation values (first in unit {u}); "
+                        "fix the model or the activations file"
+                    )
+                self.select[name].step(counts, kmin, kmax)
+            self._maybe_save(functools.partial(self._state, "select", 0, {}), force=True)
+        return {name: s.thresholds for name, s in self.select.items()}
+
+    def counts(self, thresholds: dict[str, np.ndarray], saved: dict | None) -> dict[str, Counts]:
+        concepts = self.probe.concepts
+        strategy = self.config.strategy or default_strategy()
+        category = self.dp.replicate(concepts.category.astype(np.int32))
+        device_thresholds = {name: self.dp.replicate(t.astype(np.float32)) for name, t in thresholds.items()}
+        acc = {name: _Accumulator(_COUNTS) for name in self.layers}
+        start = 0
+        if saved is not None and str(saved["stage"]) == "tally":
+            start = int(saved["batch"])
+            for name in self.layers:
+                acc[name].total = _unflatten(f"tally/{name}", _COUNTS, saved)
+
+        for i, batch in enumerate(self._batches(start, True, "tally"), start=start):
+            acts = self._activations(batch)
+            labels = LabelBatch(*(self.dp.shard(x) for x in batch.labels))
+            _, _, sh, sw = labels.pixel.shape
+            for name in self.layers:
+                counts = self._tally(acts[name], labels, device_thresholds[name], category, concepts.num_categories,
+                                     self.config.condition, strategy)  # fmt: skip
+                acc[name].add(counts, labels.pixel.shape[0] * sh * sw)  # no count outgrows the pixels
+            self._maybe_save(functools.partial(self._state, "tally", i + 1, acc))
+        return {name: Counts(*acc[name].flush()) for name in self.layers}
 
 
-def tally_counts(
+def dissect(
     source,
     probe: BrodenDataset,
-    thresholds: dict[str, np.ndarray],
-    config: DissectConfig,
+    config: DissectConfig = DissectConfig(),
     progress: Progress = _no_progress,
-) -> dict[str, Counts]:
-    """Exact int64 counts per layer with the given thresholds."""
-    concepts = probe.concepts
-    plan = batch_plan(probe, config.batch_size)
-    strategy = config.strategy or default_strategy()
-    category = jnp.asarray(concepts.category, jnp.int32)
-    sums: dict[str, _IntSum] = {}
-    device_thresholds = {name: jnp.asarray(t, jnp.float32) for name, t in thresholds.items()}
-    batches = iterate_batches(probe, plan, images=source.needs_images, labels=True)
-    for batch in progress(batches, total=len(plan), desc="tally", unit="batch", leave=False):
-        acts = source(batch)
-        labels = LabelBatch(*(jnp.asarray(x) for x in batch.labels))
-        for name in source.layers:
-            counts = _tally(
-                acts[name],
-                device_thresholds[name],
-                labels,
-                category,
-                concepts.num_categories,
-                config.condition,
-                strategy,
-            )
-            b, _, sh, sw = batch.labels.pixel.shape
-            sums.setdefault(name, _IntSum()).add(counts, b * sh * sw)  # no count outgrows the pixels
-    return {name: Counts(*s.flush()) for name, s in sums.items()}
+    parallel: DataParallel | None = None,
+    resume: ResumeFile | None = None,
+) -> dict[str, LayerResult]:
+    """Dissects every layer of ``source`` on ``probe``; returns {layer: LayerResult}.
 
-
-def dissect(source, probe: BrodenDataset, config: DissectConfig = DissectConfig(), progress: Progress = _no_progress):
-    """Dissects every layer of ``source`` on ``probe``; returns {layer: LayerResult}."""
+    ``parallel`` is the device mesh (default: every device); ``resume`` saves and restores
+    the accumulated state so an interrupted run can continue.
+    """
     start = time.perf_counter()
-    thresholds = compute_thresholds(source, probe, config, progress)
-    counts = tally_counts(source, probe, thresholds, config, progress)
+    run = _Run(source, probe, config, progress, parallel or DataParallel.create(), resume)
+    saved = resume.load() if resume is not None else None
+    thresholds = run.thresholds(saved)
+    counts = run.counts(thresholds, saved)
     seconds = time.perf_counter() - start
     concepts = probe.concepts
     results = {}
-    for name in source.layers:
+    for name in run.layers:
         c = counts[name]
         table = iou(c.intersection, c.unit_area, c.concept_area, concepts.category)
         labels = label_units(table, concepts.category, concepts.num_categories, config.iou_threshold)

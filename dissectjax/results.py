@@ -115,6 +115,14 @@ def looks_like_output(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "summary.json"))
 
 
+def check_output_path(out: str) -> str:
+    """The absolute path of ``out`` if a result may be written there, else a DissectError."""
+    out = os.path.abspath(out)
+    if os.path.exists(out) and not (os.path.isdir(out) and (not os.listdir(out) or looks_like_output(out))):
+        raise DissectError(f"--out {out} exists and is not a dissectjax output directory; choose another path")
+    return out
+
+
 @contextlib.contextmanager
 def atomic_directory(out: str) -> Iterator[str]:
     """Yields a fresh temporary directory that replaces ``out`` when the block succeeds.
@@ -122,9 +130,7 @@ def atomic_directory(out: str) -> Iterator[str]:
     ``out`` may be absent, empty, or a previous dissectjax output (replaced whole); any
     other existing path is refused, so unrelated work is never overwritten.
     """
-    out = os.path.abspath(out)
-    if os.path.exists(out) and not (os.path.isdir(out) and (not os.listdir(out) or looks_like_output(out))):
-        raise DissectError(f"--out {out} exists and is not a dissectjax output directory; choose another path")
+    out = check_output_path(out)
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=parent)

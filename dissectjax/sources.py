@@ -1,6 +1,8 @@
 """Activation sources: where a dissection's per-unit maps come from.
 
-A source turns a probe batch into ``{layer: float [B, h, w, U]}``. Two kinds:
+A source turns a probe batch into ``{layer: float [B, h, w, U]}`` with
+``source.activations(batch, parallel)``: ``batch`` holds this process's rows, and the
+result is a global array split over ``parallel``'s device mesh. Two kinds:
 a Flax model applied to the batch's images (:class:`ModelSource`), or activations
 computed elsewhere and stored as ``[N, U, h, w]`` (NetDissect's channel-first layout,
 row i = dataset row i; :class:`ArraySource`).
@@ -19,23 +21,35 @@ import numpy as np
 from dissectjax.data.probe import ProbeBatch
 from dissectjax.errors import DissectError
 from dissectjax.models.layers import activation_fn
+from dissectjax.parallel import DATA, DataParallel
 
 
 class ModelSource:
-    """Layers of a linen model, computed by one jitted forward pass per batch."""
+    """Layers of a linen model, computed by one jitted forward pass per batch.
+
+    Each device runs the forward pass on its own shard (``shard_map``), so a device's
+    program depends only on the per-device batch size, not on how many devices there are:
+    the same images give bit-identical activations on 1 device or on many.
+    """
 
     needs_images = True
 
     def __init__(self, model: nn.Module, variables, layers: Sequence[str], image_shape: tuple[int, int, int]):
         example = jnp.zeros((1, *image_shape), jnp.uint8)
         self.layers = list(layers)
-        self._fn = jax.jit(activation_fn(model, variables, self.layers, example))
-        shapes = jax.eval_shape(self._fn, example)
+        self._forward = activation_fn(model, variables, self.layers, example)
+        shapes = jax.eval_shape(self._forward, example)
         self.units = {name: s.shape[-1] for name, s in shapes.items()}
         self.description = type(model).__name__
+        self._compiled: dict = {}
 
-    def __call__(self, batch: ProbeBatch) -> dict[str, jax.Array]:
-        return self._fn(batch.images)
+    def activations(self, batch: ProbeBatch, parallel: DataParallel) -> dict[str, jax.Array]:
+        if parallel.mesh not in self._compiled:
+            spec = jax.sharding.PartitionSpec(DATA)
+            self._compiled[parallel.mesh] = jax.jit(
+                jax.shard_map(self._forward, mesh=parallel.mesh, in_specs=spec, out_specs=spec)
+            )
+        return self._compiled[parallel.mesh](parallel.shard(batch.images))
 
 
 class ArraySource:
@@ -69,7 +83,7 @@ class ArraySource:
             raise DissectError(f"cannot read activations file {path} as a .npy array: {e}") from None
         return cls(acts, name, num_images)
 
-    def __call__(self, batch: ProbeBatch) -> dict[str, jax.Array]:
+    def activations(self, batch: ProbeBatch, parallel: DataParallel) -> dict[str, jax.Array]:
         rows = np.where(batch.index >= 0, batch.index, 0)
         acts = np.asarray(self._acts[rows], np.float32)
-        return {self.layers[0]: jnp.asarray(acts.transpose(0, 2, 3, 1))}
+        return {self.layers[0]: parallel.shard(acts.transpose(0, 2, 3, 1))}

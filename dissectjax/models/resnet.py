@@ -14,8 +14,8 @@ import jax.numpy as jnp
 
 from dissectjax.models.common import sow_layer
 
-IMAGENET_MEAN = jnp.array([0.485, 0.456, 0.406])
-IMAGENET_STD = jnp.array([0.229, 0.224, 0.225])
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
 class BasicBlock(nn.Module):
@@ -45,7 +45,7 @@ class ResNet(nn.Module):
         x = images.astype(jnp.float32)
         if jnp.issubdtype(images.dtype, jnp.integer):
             x = x / 255.0
-        x = (x - IMAGENET_MEAN) / IMAGENET_STD
+        x = (x - jnp.asarray(IMAGENET_MEAN)) / jnp.asarray(IMAGENET_STD)
         x = nn.Conv(self.width, (7, 7), 2, padding=3, use_bias=False, name="stem_conv")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=1e-5, name="stem_bn")(x)
         x = sow_layer(self, "conv1", nn.relu(x))

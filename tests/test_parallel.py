@@ -1,0 +1,80 @@
+"""Bit-identical results on 1 device, 8 simulated devices, and 2 processes x 4 devices."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import random_broden
+
+
+def dissect_cli(out, dataset, source_args, devices, extra_env=None, extra_args=()):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env.update(extra_env or {})
+    argv = [sys.executable, "-m", "dissectjax", "dissect", "--dataset", dataset, "--out", str(out), *source_args,
+            "--batch-size", "8", "--quantile", "0.02", "--quiet", "--no-resume", *extra_args]  # fmt: skip
+    return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc):
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    return out
+
+
+def assert_identical(a, b, layers):
+    for layer in layers:
+        x, y = np.load(a / layer / "counts.npz"), np.load(b / layer / "counts.npz")
+        for key in ("thresholds", "intersection", "unit_area", "concept_area", "iou"):
+            np.testing.assert_array_equal(x[key], y[key], err_msg=f"{layer}/{key}")
+        assert (a / layer / "units.csv").read_text() == (b / layer / "units.csv").read_text()
+
+
+@pytest.fixture(scope="module")
+def workload(tmp_path_factory):
+    root = tmp_path_factory.mktemp("par") / "ds"
+    random_broden(root, seed=4, n=37)  # 37 rows: padding in the last batch on any mesh
+    acts = np.random.default_rng(5).gamma(2.0, size=(37, 9, 5, 5)).astype(np.float32)
+    np.save(root.parent / "acts.npy", acts)
+    return str(root), str(root.parent / "acts.npy")
+
+
+SOURCES = {
+    "activations": lambda acts: ["--activations", acts],
+    "model": lambda acts: ["--model", "scenenet", "--layers", "conv2,conv5", "--seed", "3"],
+}
+LAYERS = {"activations": ["acts"], "model": ["conv2", "conv5"]}
+
+
+@pytest.mark.parametrize("kind", sorted(SOURCES))
+def test_one_device_equals_eight(tmp_path, workload, kind):
+    root, acts = workload
+    procs = [dissect_cli(tmp_path / f"d{n}", root, SOURCES[kind](acts), n) for n in (1, 8)]
+    for p in procs:
+        finish(p)
+    assert_identical(tmp_path / "d1", tmp_path / "d8", LAYERS[kind])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.parametrize("kind", sorted(SOURCES))
+def test_two_processes_of_four_devices_equal_one_device(tmp_path, workload, kind):
+    root, acts = workload
+    single = dissect_cli(tmp_path / "single", root, SOURCES[kind](acts), 1)
+    port = free_port()
+    procs = [
+        dissect_cli(tmp_path / "multi", root, SOURCES[kind](acts), 4,
+                    extra_args=["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)])
+        for i in range(2)
+    ]  # fmt: skip
+    finish(single)
+    for p in procs:
+        finish(p)
+    assert_identical(tmp_path / "single", tmp_path / "multi", LAYERS[kind])
