@@ -271,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_dissect)
 
+    sub.add_parser("bench", help="throughput benchmarks (dissectjax bench --help)", add_help=False)
+
     t = sub.add_parser("train", help="train a scene classifier on synthetic scenes and save a checkpoint")
     t.add_argument("--out", required=True, help="checkpoint directory to create")
     t.add_argument("--model", default="scenenet")
@@ -285,6 +287,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["bench"]:  # its own flags: see dissectjax/bench.py
+        from dissectjax.bench import main as bench_main
+
+        return bench_main(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -187,6 +187,21 @@ def _no_progress(iterable, **_):
     return iterable
 
 
+@functools.lru_cache(maxsize=8)
+def _kernels(parallel: DataParallel):
+    """The compiled per-batch kernels for a mesh: (histogram, tally), reduced over devices."""
+    hist = parallel.reduce(prefix_histogram, 2, _HISTOGRAM)
+    histogram = jax.jit(lambda a, v, p, depth, bits: hist(a, v, p, depth=depth, bits=bits), static_argnums=(3, 4))
+    count = parallel.reduce(lambda a, labels, t, cat, **kw: tally(a, t, labels, cat, **kw), 2, _COUNTS)
+    tally_fn = jax.jit(
+        lambda a, labels, t, cat, k, cond, strategy: count(
+            a, labels, t, cat, num_categories=k, condition=cond, strategy=strategy
+        ),
+        static_argnums=(4, 5, 6),
+    )
+    return histogram, tally_fn
+
+
 class _Run:
     """One dissection: the passes over the probe set and their saved state."""
 
@@ -198,13 +213,7 @@ class _Run:
         self.plan = batch_plan(probe, parallel.global_batch_size(config.batch_size))
         self.layers = list(source.layers)
         self.select = {name: RadixSelect(source.units[name], config.quantile) for name in self.layers}
-        hist = parallel.reduce(prefix_histogram, 2, _HISTOGRAM)
-        self._histogram = jax.jit(lambda a, v, p, depth, bits: hist(a, v, p, depth=depth, bits=bits),
-                                  static_argnums=(3, 4))  # fmt: skip
-        count = parallel.reduce(lambda a, labels, t, cat, **kw: tally(a, t, labels, cat, **kw), 2, _COUNTS)
-        self._tally = jax.jit(lambda a, labels, t, cat, k, cond, strat: count(a, labels, t, cat, num_categories=k,
-                                                                             condition=cond, strategy=strat),
-                              static_argnums=(4, 5, 6))  # fmt: skip
+        self._histogram, self._tally = _kernels(parallel)
 
     # batches: this process's rows of every global batch, sharded onto the mesh
     def _batches(self, start: int, labels: bool, desc: str):

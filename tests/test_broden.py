@@ -9,7 +9,7 @@ from conftest import random_broden
 
 from dissectjax.data import synthetic
 from dissectjax.data.broden import BrodenDataset, decode_label_png, encode_label_png, primary_category
-from dissectjax.data.probe import batch_plan, example_labels, iterate_batches
+from dissectjax.data.probe import batch_plan, iterate_batches
 from dissectjax.errors import DissectError
 
 
@@ -62,8 +62,8 @@ def test_reader_layout_and_multilabel_cells(broden_dir):
     assert ds.pixel_layers["object"] == 2 and ds.pixel_layers["color"] == 1
     assert ds.max_image_labels >= 3
     i = next(j for j, r in enumerate(rows) if len(r.pixel.get("object", [])) == 2)
-    pixel, _ = example_labels(ds, i)
-    assert pixel.shape[0] == sum(ds.pixel_layers.values())
+    pixel, _ = ds.labels(i)
+    assert pixel.shape[0] == ds.label_layers == sum(ds.pixel_layers.values())
     plan = batch_plan(ds, 4)
     assert all(len(p) == 4 for p in plan)
     seen = sorted(int(x) for p in plan for x in p if x >= 0)
@@ -110,7 +110,7 @@ def test_unknown_label_number(broken):
     ds = BrodenDataset(str(broken))
     with pytest.raises(DissectError, match=r"not listed in label\.csv"):
         for i in range(len(ds)):
-            example_labels(ds, i)
+            ds.labels(i)
 
 
 def test_category_not_a_column(broken):

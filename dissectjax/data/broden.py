@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from dissectjax.data.concepts import Concepts
+from dissectjax.data.probe import load_rows, normalize_labels
 from dissectjax.errors import DissectError
 
 INDEX_FIELDS = ("image", "split", "ih", "iw", "sh", "sw")
@@ -112,7 +113,7 @@ class BrodenDataset:
             raise DissectError(f"{self.root}/index.csv has no rows" + (f" in split {split!r}" if split else ""))
         self._rows = rows
         self._sizes = self._parse_sizes(rows)
-        self.labels = self._read_labels()
+        self.label_info = self._read_labels()
         self.concepts = self._make_concepts()
         self._lookup = self.concepts.lookup_table()
         self.pixel_layers, self.max_image_labels = self._layout()
@@ -154,7 +155,7 @@ class BrodenDataset:
     def _make_concepts(self) -> Concepts:
         cat_index = {c: k for k, c in enumerate(self.categories)}
         category = []
-        for label in self.labels:
+        for label in self.label_info:
             primary = primary_category(label.category)
             if primary not in cat_index:
                 raise DissectError(
@@ -162,11 +163,11 @@ class BrodenDataset:
                     f"which is not a column of index.csv ({', '.join(self.categories)})"
                 )
             category.append(cat_index[primary])
-        numbers = np.array([label.number for label in self.labels], np.int64)
+        numbers = np.array([label.number for label in self.label_info], np.int64)
         if len(np.unique(numbers)) != len(numbers):
             raise DissectError(f"{self.root}/label.csv lists a label number twice")
         return Concepts(
-            numbers, tuple(label.name for label in self.labels), np.array(category, np.int32), self.categories
+            numbers, tuple(label.name for label in self.label_info), np.array(category, np.int32), self.categories
         )
 
     def _layout(self) -> tuple[dict[str, int], int]:
@@ -198,6 +199,29 @@ class BrodenDataset:
     def shapes(self) -> np.ndarray:
         """int [N, 4]: ih, iw, sh, sw of every row."""
         return self._sizes
+
+    @property
+    def label_layers(self) -> int:
+        """Pixel label layers of a row: the most PNGs of each pixel-level category, summed."""
+        return sum(self.pixel_layers.values())
+
+    def labels(self, i: int) -> tuple[np.ndarray, np.ndarray]:
+        """Row i as concept indices: pixel int32 [L, sh, sw] (normalized), image int32 [M]."""
+        row = self.row(i)
+        pixel = np.full((self.label_layers, *row.label_size), -1, np.int32)
+        start = 0
+        for category, count in self.pixel_layers.items():
+            for j, m in enumerate(row.pixel.get(category, [])):
+                pixel[start + j] = self.concept_indices(m, i)
+            start += count
+        image = np.full(self.max_image_labels, -1, np.int32)
+        numbers = [n for c in self.categories for n in row.image_level.get(c, [])]
+        if numbers:
+            image[: len(numbers)] = self.concept_indices(np.array(numbers), i)
+        return normalize_labels(pixel, image), image
+
+    def load_batch(self, rows: np.ndarray, images: bool, labels: bool):
+        return load_rows(self, rows, images, labels)
 
     def _path(self, name: str) -> str:
         return os.path.join(self.root, "images", name)

@@ -11,11 +11,11 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 import numpy as np
 
-from dissectjax.data.broden import BrodenDataset
+from dissectjax.data.concepts import Concepts
 from dissectjax.stats.tally import LabelBatch
 
 
@@ -27,6 +27,28 @@ class ProbeBatch(NamedTuple):
     labels: LabelBatch | None
     index: np.ndarray
     valid: np.ndarray
+
+
+class ProbeDataset(Protocol):
+    """What a dissection reads: N images with concept labels (Broden directory, in memory...).
+
+    ``shapes`` int [N, 4] holds (ih, iw, sh, sw) per row; ``labels(i)`` gives the row's
+    normalized pixel labels int32 [label_layers, sh, sw] and image-level labels int32
+    [max_image_labels] as concept indices (-1 = none); ``load_batch`` assembles a
+    :class:`ProbeBatch` (see :func:`load_rows` for the row-by-row way).
+    """
+
+    concepts: Concepts
+    shapes: np.ndarray
+    label_layers: int
+    max_image_labels: int
+
+    def __len__(self) -> int: ...
+    def image_size(self, i: int) -> tuple[int, int]: ...
+    def label_size(self, i: int) -> tuple[int, int]: ...
+    def load_image(self, i: int) -> np.ndarray: ...
+    def labels(self, i: int) -> tuple[np.ndarray, np.ndarray]: ...
+    def load_batch(self, rows: np.ndarray, images: bool, labels: bool) -> ProbeBatch: ...
 
 
 def normalize_labels(pixel: np.ndarray, image: np.ndarray) -> np.ndarray:
@@ -48,25 +70,7 @@ def normalize_labels(pixel: np.ndarray, image: np.ndarray) -> np.ndarray:
     return pixel
 
 
-def example_labels(ds: BrodenDataset, i: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row i's labels as concept indices: pixel int32 [L, sh, sw] (normalized), image int32 [M]."""
-    row = ds.row(i)
-    sh, sw = row.label_size
-    layers = sum(ds.pixel_layers.values())
-    pixel = np.full((layers, sh, sw), -1, np.int32)
-    start = 0
-    for category, count in ds.pixel_layers.items():
-        for j, m in enumerate(row.pixel.get(category, [])):
-            pixel[start + j] = ds.concept_indices(m, i)
-        start += count
-    image = np.full(ds.max_image_labels, -1, np.int32)
-    numbers = [n for c in ds.categories for n in row.image_level.get(c, [])]
-    if numbers:
-        image[: len(numbers)] = ds.concept_indices(np.array(numbers), i)
-    return normalize_labels(pixel, image), image
-
-
-def shape_buckets(ds: BrodenDataset, rows: np.ndarray | None = None) -> list[np.ndarray]:
+def shape_buckets(ds: ProbeDataset, rows: np.ndarray | None = None) -> list[np.ndarray]:
     """Row indices grouped by (ih, iw, sh, sw), each group in dataset order."""
     rows = np.arange(len(ds)) if rows is None else np.asarray(rows)
     shapes = ds.shapes[rows]
@@ -74,7 +78,7 @@ def shape_buckets(ds: BrodenDataset, rows: np.ndarray | None = None) -> list[np.
     return [rows[inverse.ravel() == k] for k in range(len(keys))]
 
 
-def batch_plan(ds: BrodenDataset, batch_size: int, rows: np.ndarray | None = None) -> list[np.ndarray]:
+def batch_plan(ds: ProbeDataset, batch_size: int, rows: np.ndarray | None = None) -> list[np.ndarray]:
     """The rows of every batch, padded to ``batch_size`` with -1."""
     if batch_size < 1:
         raise ValueError(f"batch size must be positive, got {batch_size}")
@@ -86,8 +90,8 @@ def batch_plan(ds: BrodenDataset, batch_size: int, rows: np.ndarray | None = Non
     return plan
 
 
-def load_batch(ds: BrodenDataset, rows: np.ndarray, images: bool, labels: bool) -> ProbeBatch:
-    """Assembles one batch (padding rows repeat the first row's shapes, marked invalid)."""
+def load_rows(ds: ProbeDataset, rows: np.ndarray, images: bool, labels: bool) -> ProbeBatch:
+    """Assembles one batch row by row (padding rows, -1, repeat the first row's shapes)."""
     valid = rows >= 0
     first = int(rows[0])
     image_batch = label_batch = None
@@ -98,18 +102,17 @@ def load_batch(ds: BrodenDataset, rows: np.ndarray, images: bool, labels: bool) 
             image_batch[j] = ds.load_image(int(rows[j]))
     if labels:
         sh, sw = ds.label_size(first)
-        layers = sum(ds.pixel_layers.values())
-        pixel = np.full((len(rows), layers, sh, sw), -1, np.int32)
+        pixel = np.full((len(rows), ds.label_layers, sh, sw), -1, np.int32)
         image = np.full((len(rows), max(ds.max_image_labels, 1)), -1, np.int32)
         for j in np.flatnonzero(valid):
-            p, m = example_labels(ds, int(rows[j]))
+            p, m = ds.labels(int(rows[j]))
             pixel[j], image[j, : m.size] = p, m
         label_batch = LabelBatch(pixel, image, valid)
     return ProbeBatch(image_batch, label_batch, rows.astype(np.int64), valid)
 
 
 def iterate_batches(
-    ds: BrodenDataset,
+    ds: ProbeDataset,
     plan: list[np.ndarray],
     images: bool = True,
     labels: bool = True,
@@ -121,12 +124,12 @@ def iterate_batches(
         pending: collections.deque = collections.deque()
         todo = iter(plan)
         for rows in todo:
-            pending.append(pool.submit(load_batch, ds, rows, images, labels))
+            pending.append(pool.submit(ds.load_batch, rows, images, labels))
             if len(pending) >= prefetch + workers:
                 break
         while pending:
             batch = pending.popleft().result()
             nxt = next(todo, None)
             if nxt is not None:
-                pending.append(pool.submit(load_batch, ds, nxt, images, labels))
+                pending.append(pool.submit(ds.load_batch, nxt, images, labels))
             yield batch

@@ -1,0 +1,203 @@
+"""Throughput benchmarks of dissection (``dissectjax bench``; results in BENCHMARKS.md).
+
+Workloads:
+
+* ``broden-scale``: ResNet-18 ``layer4`` shapes: 512 units at 7 x 7 (224 px input),
+  112 x 112 segmentations, 1,200 concepts in 6 categories (object in two label layers,
+  part, material, color pixel-level; scene, texture image-level), activations and labels
+  generated in memory (a pool of distinct rows, cycled to the requested size).
+* ``small``: the demo's SceneNet (random init, all five conv layers) on synthetic scenes.
+
+Timings exclude compilation (a warm-up run on one batch compiles every kernel first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import jax
+import numpy as np
+
+from dissectjax.data.concepts import Concepts
+from dissectjax.data.memory import InMemoryProbe
+from dissectjax.data.probe import ProbeBatch
+from dissectjax.dissect import DissectConfig, _Run
+from dissectjax.parallel import DataParallel
+
+BRODEN_CATEGORIES = {"object": 500, "part": 200, "material": 30, "color": 11, "scene": 412, "texture": 47}
+BRODEN_PIXEL_LAYERS = ("object", "object", "part", "material", "color")
+BRODEN_COVERAGE = {"object": 0.9, "part": 0.35, "material": 0.5, "color": 1.0}
+
+
+def _blocky(rng, n, size, block, choices, coverage):
+    """int [n, size, size]: random labels constant on block x block squares, -1 outside coverage."""
+    low = choices[rng.integers(0, len(choices), (n, size // block, size // block))]
+    low = np.where(rng.random(low.shape) < coverage, low, -1)
+    return np.repeat(np.repeat(low, block, axis=1), block, axis=2)
+
+
+def broden_scale(pool: int = 256, size: int | None = None, units: int = 512, seed: int = 0):
+    """(probe, activations [pool, 7, 7, units] float32) of the broden-scale workload."""
+    rng = np.random.default_rng(seed)
+    names, category = [], []
+    for k, (cat, count) in enumerate(BRODEN_CATEGORIES.items()):
+        names += [f"{cat}{j}" for j in range(count)]
+        category += [k] * count
+    concepts = Concepts(np.arange(1, len(names) + 1), tuple(names), np.array(category, np.int32),
+                        tuple(BRODEN_CATEGORIES))  # fmt: skip
+    cols = {c: np.flatnonzero(concepts.category == k) for k, c in enumerate(BRODEN_CATEGORIES)}
+    layers = [_blocky(rng, pool, 112, 8, cols[c], BRODEN_COVERAGE[c]) for c in BRODEN_PIXEL_LAYERS]
+    pixel = np.stack(layers, axis=1)
+    pixel[:, 1] = np.where(rng.random((pool, 1, 1)) < 0.3, pixel[:, 1], -1)  # a second object layer, sometimes
+    pixel[:, 1] = np.where(pixel[:, 1] == pixel[:, 0], -1, pixel[:, 1])  # normalized: no repeats
+    texture = np.where(rng.random(pool) < 0.2, rng.choice(cols["texture"], pool), -1)
+    image = np.stack([rng.choice(cols["scene"], pool), texture], axis=1)
+    probe = InMemoryProbe(concepts, pixel.astype(np.int16), image.astype(np.int32), size=size)
+    # spatially smooth, ReLU'd activations: a few units fire strongly on a few images
+    low = rng.gamma(1.5, size=(pool, 4, 4, units)).astype(np.float32)
+    acts = np.maximum(jax.image.resize(low, (pool, 7, 7, units), "bilinear") - 1.0, 0.0)
+    return probe, np.asarray(acts, np.float32)
+
+
+class PooledSource:
+    """Activations of row i = pool entry i % P (one layer)."""
+
+    needs_images = False
+
+    def __init__(self, acts: np.ndarray, name: str = "layer4"):
+        self._acts = acts
+        self.layers = [name]
+        self.units = {name: acts.shape[-1]}
+
+    def activations(self, batch: ProbeBatch, parallel: DataParallel):
+        rows = np.where(batch.index >= 0, batch.index % len(self._acts), 0)
+        return {self.layers[0]: parallel.shard(self._acts[rows])}
+
+
+@dataclasses.dataclass
+class Timing:
+    images: int
+    threshold_seconds: float
+    tally_seconds: float
+
+    @property
+    def total_seconds(self) -> float:
+        return self.threshold_seconds + self.tally_seconds
+
+    def rates(self) -> dict[str, float]:
+        return {
+            "pass 1 (thresholds)": self.images / self.threshold_seconds,
+            "pass 2 (tally)": self.images / self.tally_seconds,
+            "end to end": self.images / self.total_seconds,
+        }
+
+
+def time_dissection(source, probe, config: DissectConfig, parallel: DataParallel | None = None, warmup=None):
+    """(Timing, thresholds, counts) of one dissection, after a warm-up run that compiles
+    every kernel (on ``warmup``, default: the probe's first global batch)."""
+    parallel = parallel or DataParallel.create()
+    if warmup is None:
+        warmup = InMemoryProbe(probe.concepts, *_first_rows(probe, parallel.global_batch_size(config.batch_size)))
+    w = _Run(source, warmup, config, _quiet, parallel, None)
+    w.counts(w.thresholds(None), None)
+    run = _Run(source, probe, config, _quiet, parallel, None)
+    start = time.perf_counter()
+    thresholds = run.thresholds(None)
+    middle = time.perf_counter()
+    counts = run.counts(thresholds, None)
+    end = time.perf_counter()
+    return Timing(len(probe), middle - start, end - middle), thresholds, counts
+
+
+def _quiet(iterable, **_):
+    return iterable
+
+
+def _first_rows(probe, n):
+    batch = probe.load_batch(np.arange(min(n, len(probe))), images=False, labels=True)
+    return batch.labels.pixel, batch.labels.image
+
+
+def peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ---- the command ------------------------------------------------------------------------
+def _baseline():
+    """benchmarks/baseline_numpy.py of the source tree, or None in an installed copy."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "baseline_numpy.py")
+    if not os.path.isfile(path):
+        return None
+    spec = importlib.util.spec_from_file_location("baseline_numpy", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def run_broden_scale(images: int, pool: int, baseline_images: int, batch_size: int, quantile: float, say=print):
+    """Times dissectjax (and the NumPy baseline on ``baseline_images``) on broden-scale data."""
+    parallel = DataParallel.create()
+    probe, acts = broden_scale(pool=pool, size=images)
+    source = PooledSource(acts)
+    config = DissectConfig(quantile=quantile, batch_size=batch_size)
+    say(
+        f"broden-scale: {images} images (pool {pool}), 512 units 7x7 -> 112x112, {len(probe.concepts)} concepts, "
+        f"{jax.device_count()} {jax.default_backend()} device(s), batch {parallel.global_batch_size(batch_size)}"
+    )
+    timing, _, _ = time_dissection(source, probe, config, parallel)
+    rows = {"dissectjax": timing.rates()}
+    extra = {}
+    baseline = _baseline()
+    if baseline is not None and baseline_images:
+        n = min(baseline_images, pool)
+        small = InMemoryProbe(probe.concepts, *_first_rows(probe, n))
+        _, thresholds, counts = time_dissection(source, small, config, parallel)
+        sample_acts = acts[:n]
+        pixel, image = _first_rows(probe, n)
+        start = time.perf_counter()
+        baseline.thresholds(sample_acts, quantile)
+        middle = time.perf_counter()
+        ref = baseline.tally(sample_acts, pixel, image, thresholds["layer4"], probe.concepts.category,
+                             probe.concepts.num_categories)  # fmt: skip
+        end = time.perf_counter()
+        base = Timing(n, middle - start, end - middle)
+        rows["numpy baseline (Lite-style)"] = base.rates()
+        rows["ratio"] = {k: rows["dissectjax"][k] / v for k, v in base.rates().items()}
+        diff = int(np.abs(counts["layer4"].intersection - ref[0]).max())
+        extra["max |intersection difference| vs baseline"] = diff
+        extra["baseline images"] = n
+    return rows, extra
+
+
+def format_rates(rows: dict) -> str:
+    cols = ["pass 1 (thresholds)", "pass 2 (tally)", "end to end"]
+    lines = ["| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+    for name, r in rows.items():
+        unit = "x" if name == "ratio" else " img/s"
+        lines.append(f"| {name} | " + " | ".join(f"{r[c]:,.1f}{unit}" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="dissectjax bench", description="dissection throughput benchmarks")
+    p.add_argument("--workload", choices=["broden-scale"], default="broden-scale")
+    p.add_argument("--images", type=int, default=512)
+    p.add_argument("--pool", type=int, default=256, help="distinct generated rows, cycled (default: %(default)s)")
+    p.add_argument("--baseline-images", type=int, default=64, help="rows timed for the NumPy baseline (0: skip)")
+    p.add_argument("--batch-size", type=int, default=32, help="images per device and batch")
+    p.add_argument("--quantile", type=float, default=0.005)
+    a = p.parse_args(argv)
+    rows, extra = run_broden_scale(a.images, a.pool, a.baseline_images, a.batch_size, a.quantile)
+    print(format_rates(rows))
+    for k, v in extra.items():
+        print(f"{k}: {v}")
+    print(f"peak RSS: {peak_rss_mb():,.0f} MB")
+    return 0
