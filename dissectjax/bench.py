@@ -175,6 +175,59 @@ def run_broden_scale(images: int, pool: int, baseline_images: int, batch_size: i
     return rows, extra
 
 
+def run_small(images: int, batch_size: int, quantile: float, say=print):
+    """Times the demo's workload: SceneNet (random init) conv1-conv5 on synthetic scenes."""
+    from dissectjax.checkpoint import init_variables
+    from dissectjax.data import synthetic
+    from dissectjax.data.broden import BrodenDataset
+    from dissectjax.models import build_model
+    from dissectjax.sources import ModelSource
+
+    parallel = DataParallel.create()
+    probe = BrodenDataset(synthetic.ensure_broden(synthetic.SyntheticConfig(size=images, seed=1)))
+    warm = BrodenDataset(synthetic.ensure_broden(synthetic.SyntheticConfig(size=parallel.global_batch_size(batch_size),
+                                                                           seed=1)))  # fmt: skip
+    model = build_model("scenenet")
+    source = ModelSource(model, init_variables(model, (64, 64, 3)), [f"conv{i}" for i in range(1, 6)], (64, 64, 3))
+    say(f"small: SceneNet conv1-conv5 (416 units) on {images} synthetic scenes, 64 px, 32 x 32 labels, "
+        f"{len(probe.concepts)} concepts, {jax.device_count()} {jax.default_backend()} device(s)")  # fmt: skip
+    timing, _, _ = time_dissection(source, probe, DissectConfig(quantile=quantile, batch_size=batch_size), parallel,
+                                   warmup=warm)  # fmt: skip
+    return {"dissectjax": timing.rates()}, {}
+
+
+def broden_scale_roofline(rate: float, peak_tflops: float, bandwidth_tbs: float) -> dict[str, str]:
+    """The dense tally's bound per image: a [S, U] x [S, C] product and its one-hot operand."""
+    pixels, units, concepts = 112 * 112, 512, sum(BRODEN_CATEGORIES.values())
+    flops = 2.0 * pixels * units * concepts
+    onehot_bytes = 2.0 * 2 * pixels * concepts  # bf16, written then read
+    compute = peak_tflops * 1e12 / flops
+    memory = bandwidth_tbs * 1e12 / onehot_bytes
+    bound = min(compute, memory)
+    return {
+        "tally GEMM per image": f"{flops / 1e9:.1f} GFLOP",
+        "roofline (compute, memory)": f"{compute:,.0f} img/s at {peak_tflops:.0f} TFLOP/s, "
+        f"{memory:,.0f} img/s at {bandwidth_tbs:.1f} TB/s",
+        "measured pass 2 / roofline": f"{rate / bound:.1%}",
+    }
+
+
+def memory_check(images: int, pool: int, batch_size: int) -> dict[str, str]:
+    """Peak RSS of broden-scale dissections of N and 8N images, each in a fresh process."""
+    import subprocess
+    import sys
+
+    out = {}
+    for n in (images, 8 * images):
+        code = (
+            f"from dissectjax.bench import run_broden_scale, peak_rss_mb; "
+            f"run_broden_scale({n}, {pool}, 0, {batch_size}, 0.005, say=lambda *_: None); print(peak_rss_mb())"
+        )
+        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        out[f"peak RSS, {n} images"] = f"{float(p.stdout.strip().splitlines()[-1]):,.0f} MB"
+    return out
+
+
 def format_rates(rows: dict) -> str:
     cols = ["pass 1 (thresholds)", "pass 2 (tally)", "end to end"]
     lines = ["| | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
@@ -188,16 +241,26 @@ def main(argv=None) -> int:
     import argparse
 
     p = argparse.ArgumentParser(prog="dissectjax bench", description="dissection throughput benchmarks")
-    p.add_argument("--workload", choices=["broden-scale"], default="broden-scale")
+    p.add_argument("--workload", choices=["broden-scale", "small"], default="broden-scale")
     p.add_argument("--images", type=int, default=512)
     p.add_argument("--pool", type=int, default=256, help="distinct generated rows, cycled (default: %(default)s)")
     p.add_argument("--baseline-images", type=int, default=64, help="rows timed for the NumPy baseline (0: skip)")
     p.add_argument("--batch-size", type=int, default=32, help="images per device and batch")
     p.add_argument("--quantile", type=float, default=0.005)
+    p.add_argument("--memory", action="store_true", help="also peak RSS at N and 8N images (fresh processes)")
+    p.add_argument("--peak-tflops", type=float, default=790.0, help="accelerator bf16 peak, for the roofline")
+    p.add_argument("--bandwidth", type=float, default=3.35, help="accelerator memory TB/s, for the roofline")
     a = p.parse_args(argv)
-    rows, extra = run_broden_scale(a.images, a.pool, a.baseline_images, a.batch_size, a.quantile)
+    if a.workload == "small":
+        rows, extra = run_small(a.images, a.batch_size, a.quantile)
+    else:
+        rows, extra = run_broden_scale(a.images, a.pool, a.baseline_images, a.batch_size, a.quantile)
+        if jax.default_backend() != "cpu":
+            extra.update(broden_scale_roofline(rows["dissectjax"]["pass 2 (tally)"], a.peak_tflops, a.bandwidth))
+        if a.memory:
+            extra.update(memory_check(a.images, a.pool, a.batch_size))
     print(format_rates(rows))
     for k, v in extra.items():
         print(f"{k}: {v}")
-    print(f"peak RSS: {peak_rss_mb():,.0f} MB")
+    print(f"peak RSS of this process: {peak_rss_mb():,.0f} MB")
     return 0

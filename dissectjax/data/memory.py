@@ -54,7 +54,7 @@ class InMemoryProbe:
         image_batch = self._images[pool] if images and self._images is not None else None
         label_batch = None
         if labels:
-            pixel = np.where(valid[:, None, None, None], self._pixel[pool], -1).astype(np.int32)
+            pixel = np.where(valid[:, None, None, None], self._pixel[pool], -1)  # pool dtype (int16: half the copy)
             image = np.where(valid[:, None], self._image[pool], -1).astype(np.int32)
             label_batch = LabelBatch(pixel, image, valid)
         return ProbeBatch(image_batch, label_batch, rows.astype(np.int64), valid)

@@ -82,8 +82,9 @@ def tally(
     pixels = sh * sw
     num_concepts = concept_category.shape[0]
     valid = labels.valid
-    pixel_labels = jnp.where(valid[:, None, None, None], labels.pixel, -1).reshape(batch, layers, pixels)
-    image_labels = jnp.where(valid[:, None], labels.image, -1)
+    pixel_labels = jnp.where(valid[:, None, None, None], labels.pixel.astype(jnp.int32), -1)
+    pixel_labels = pixel_labels.reshape(batch, layers, pixels)
+    image_labels = jnp.where(valid[:, None], labels.image.astype(jnp.int32), -1)
 
     mask = upsample(acts, (sh, sw)).reshape(batch, pixels, -1) > thresholds  # [B, S, U]
     area = jnp.sum(mask, axis=1, dtype=jnp.int32) * valid[:, None]  # [B, U]
