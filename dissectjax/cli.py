@@ -120,7 +120,7 @@ def cmd_dissect(args) -> int:
 
     main_process = jax.process_index() == 0
     progress, say = _progress(not args.quiet and main_process), _say(args.quiet or not main_process)
-    config = DissectConfig(args.quantile, args.iou_threshold, not args.no_condition, args.batch_size)
+    config = DissectConfig(args.quantile, args.iou_threshold, not args.no_condition, args.batch_size, args.strategy)
     dataset, dataset_name = open_dataset(args.dataset, progress, say, args.split)
     if args.activations:
         if args.model or args.checkpoint or args.layers:
@@ -254,6 +254,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--batch-size", type=int, default=64, help="images per device and batch (default: %(default)s)")
     s.add_argument("--no-condition", action="store_true", help="count unit area in all images, not only labelled ones")
     s.add_argument("--split", help="only rows of this index.csv split (default: all)")
+    s.add_argument(
+        "--strategy",
+        choices=["dense", "sparse", "segment"],
+        help="tally kernels (default: dense on GPU/TPU, sparse on CPU); identical counts",
+    )
     s.add_argument("--seed", type=int, default=0, help="initialization seed for --model without --checkpoint")
     s.add_argument(
         "--no-resume", action="store_true", help="start afresh: do not save or reuse the state of an interrupted run"

@@ -32,6 +32,7 @@ from dissectjax.errors import DissectError
 from dissectjax.parallel import DataParallel, to_host
 from dissectjax.stats.labels import UnitLabels, iou, label_units, unique_detectors
 from dissectjax.stats.quantile import RadixSelect, prefix_histogram
+from dissectjax.stats.sparse import SparseTally
 from dissectjax.stats.tally import Counts, LabelBatch, default_strategy, tally
 
 Progress = Callable[..., Iterable]
@@ -52,6 +53,8 @@ class DissectConfig:
             raise DissectError(f"--iou-threshold must be between 0 and 1, got {self.iou_threshold}")
         if self.batch_size < 1:
             raise DissectError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.strategy not in (None, "dense", "sparse", "segment"):
+            raise DissectError(f"--strategy must be dense, sparse or segment, got {self.strategy!r}")
 
 
 @dataclasses.dataclass
@@ -189,16 +192,26 @@ def _no_progress(iterable, **_):
 
 @functools.lru_cache(maxsize=8)
 def _kernels(parallel: DataParallel):
-    """The compiled per-batch kernels for a mesh: (histogram, tally), reduced over devices."""
+    """The per-batch kernels for a mesh: (histogram, tally), reduced over devices.
+
+    ``tally(acts, labels, thresholds, category, num_categories, condition, strategy)``.
+    """
     hist = parallel.reduce(prefix_histogram, 2, _HISTOGRAM)
     histogram = jax.jit(lambda a, v, p, depth, bits: hist(a, v, p, depth=depth, bits=bits), static_argnums=(3, 4))
     count = parallel.reduce(lambda a, labels, t, cat, **kw: tally(a, t, labels, cat, **kw), 2, _COUNTS)
-    tally_fn = jax.jit(
+    dense = jax.jit(
         lambda a, labels, t, cat, k, cond, strategy: count(
             a, labels, t, cat, num_categories=k, condition=cond, strategy=strategy
         ),
         static_argnums=(4, 5, 6),
     )
+    sparse = SparseTally(parallel)
+
+    def tally_fn(acts, labels, t, cat, num_categories, condition, strategy):
+        if strategy == "sparse":
+            return sparse(acts, labels, t, cat, num_categories, condition)
+        return dense(acts, labels, t, cat, num_categories, condition, strategy)
+
     return histogram, tally_fn
 
 

@@ -61,9 +61,13 @@ def test_strategies_agree(broden_dir):
     root, _, _ = broden_dir
     ds = BrodenDataset(root)
     source = ArraySource(random_acts(len(ds), seed=2), "layer", len(ds))
-    seg, dense = (dissect(source, ds, DissectConfig(0.05, strategy=s))["layer"] for s in ("segment", "dense"))
-    np.testing.assert_array_equal(seg.intersection, dense.intersection)
-    np.testing.assert_array_equal(seg.unit_area, dense.unit_area)
+    seg, dense, sparse = (
+        dissect(source, ds, DissectConfig(0.05, strategy=s))["layer"] for s in ("segment", "dense", "sparse")
+    )
+    for other in (dense, sparse):
+        np.testing.assert_array_equal(seg.intersection, other.intersection)
+        np.testing.assert_array_equal(seg.unit_area, other.unit_area)
+        np.testing.assert_array_equal(seg.concept_area, other.concept_area)
 
 
 def test_unique_detectors_count_distinct_labels(broden_dir):

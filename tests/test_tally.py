@@ -11,6 +11,8 @@ from reference_impl import counts as reference_counts
 from reference_impl import upsample as reference_upsample
 
 from dissectjax.data.probe import normalize_labels
+from dissectjax.parallel import DataParallel
+from dissectjax.stats.sparse import SparseTally, quad_runs
 from dissectjax.stats.tally import LabelBatch, tally
 from dissectjax.stats.upsample import upsample
 
@@ -39,6 +41,13 @@ def run_tally(acts, thresholds, pixel, image, category, condition, strategy, val
     n = len(acts)
     normalized = np.stack([normalize_labels(pixel[i], image[i]) for i in range(n)])
     valid = np.ones(n, bool) if valid is None else valid
+    if strategy == "sparse":
+        labels = LabelBatch(jnp.asarray(normalized, jnp.int32), jnp.asarray(image, jnp.int32), jnp.asarray(valid))
+        out = SparseTally(DataParallel.create())(
+            jnp.asarray(acts.transpose(0, 2, 3, 1)), labels, jnp.asarray(thresholds), jnp.asarray(category, jnp.int32),
+            NUM_CATEGORIES, condition,
+        )  # fmt: skip
+        return [np.asarray(x) for x in out]
     fn = jax.jit(tally, static_argnames=("num_categories", "condition", "strategy"))
     out = fn(
         jnp.asarray(acts.transpose(0, 2, 3, 1)),
@@ -60,7 +69,7 @@ CASES = {
 }
 
 
-@pytest.mark.parametrize("strategy", ["segment", "dense"])
+@pytest.mark.parametrize("strategy", ["segment", "dense", "sparse"])
 @pytest.mark.parametrize("condition", [True, False])
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_counts_equal_reference(case, condition, strategy):
@@ -75,11 +84,12 @@ def test_counts_equal_reference(case, condition, strategy):
     np.testing.assert_array_equal(carea, ref[2])
 
 
-def test_padding_rows_count_nothing():
+@pytest.mark.parametrize("strategy", ["segment", "sparse"])
+def test_padding_rows_count_nothing(strategy):
     rng = np.random.default_rng(3)
     acts, t, pixel, image, category = random_case(rng, n=5, units=3, act_hw=(3, 3), label_hw=(7, 7), layers=2)
-    full = run_tally(acts[:3], t, pixel[:3], image[:3], category, True, "segment")
-    padded = run_tally(acts, t, pixel, image, category, True, "segment", valid=np.arange(5) < 3)
+    full = run_tally(acts[:3], t, pixel[:3], image[:3], category, True, strategy)
+    padded = run_tally(acts, t, pixel, image, category, True, strategy, valid=np.arange(5) < 3)
     for a, b in zip(full, padded):
         np.testing.assert_array_equal(a, b)
 
@@ -94,3 +104,17 @@ def test_upsample_matches_reference_and_jax_image_resize():
         if size[0] >= 5 and size[1] >= 7:  # upsampling: identical to jax.image.resize
             resized = np.asarray(jax.image.resize(jnp.asarray(a), (2, *size, 3), "bilinear"))
             np.testing.assert_allclose(ours, resized, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("n_out, n_in", [(112, 7), (13, 5), (6, 9), (16, 16), (1, 4), (9, 1)])
+def test_quad_runs_partition_the_output(n_out, n_in):
+    starts, lo, hi, frac, inside, _ = quad_runs(n_out, n_in)
+    lengths = inside.sum(1)
+    assert lengths.sum() == n_out and np.all(np.diff(starts) == lengths[:-1])
+    ref = reference_upsample(np.eye(n_in)[:, :, None], n_out, 1)[..., 0]  # [n_in, n_out]: weight of input i at sample y
+    for g in range(len(starts)):
+        for r in range(lengths[g]):
+            y = starts[g] + r
+            weights = {int(lo[g]): 1 - frac[g, r]}
+            weights[int(hi[g])] = weights.get(int(hi[g]), 0) + frac[g, r]
+            np.testing.assert_allclose([weights.get(i, 0) for i in range(n_in)], ref[:, y], atol=1e-6)

@@ -25,7 +25,7 @@ import jax.numpy as jnp
 
 from dissectjax.stats.upsample import upsample
 
-STRATEGIES = ("segment", "dense")
+STRATEGIES = ("segment", "dense", "sparse")
 _F32_EXACT = 1 << 24  # float32 sums of 0/1 values are exact below this
 
 
@@ -51,8 +51,46 @@ class Counts(NamedTuple):
 
 
 def default_strategy() -> str:
-    """One-hot matrix products on accelerators, segment sums on the CPU."""
-    return "segment" if jax.default_backend() == "cpu" else "dense"
+    """One-hot matrix products on accelerators; on the CPU, the sparse tally
+    (:mod:`dissectjax.stats.sparse`), which touches only pixels that can be above threshold."""
+    return "sparse" if jax.default_backend() == "cpu" else "dense"
+
+
+def prepare_labels(labels: LabelBatch, num_concepts: int):
+    """Label-side terms of a batch, whatever the strategy.
+
+    Returns ids int32 [B, L, S] (concept index, ``num_concepts`` for none or padding),
+    whole int32 [B, C] (1 where an image-level label covers the image) and pixel_count
+    int32 [B, C] (pixels of each concept in each image).
+    """
+    batch, layers, sh, sw = labels.pixel.shape
+    valid = labels.valid
+    pixel_labels = jnp.where(valid[:, None, None, None], labels.pixel.astype(jnp.int32), -1)
+    ids = jnp.where(pixel_labels < 0, num_concepts, pixel_labels).reshape(batch, layers, sh * sw)
+    image_labels = jnp.where(valid[:, None], labels.image.astype(jnp.int32), -1)
+    image_ids = jnp.where(image_labels < 0, num_concepts, image_labels)
+    rows = jnp.broadcast_to(jnp.arange(batch)[:, None, None], ids.shape)
+    pixel_count = jnp.zeros((batch, num_concepts + 1), jnp.int32).at[rows, ids].add(1)[:, :num_concepts]
+    image_rows = jnp.broadcast_to(jnp.arange(batch)[:, None], image_ids.shape)
+    whole = jnp.zeros((batch, num_concepts + 1), jnp.int32).at[image_rows, image_ids].max(1)[:, :num_concepts]
+    return ids, whole, pixel_count
+
+
+def assemble_counts(
+    area, pixel_inter, whole, pixel_count, valid, concept_category, num_categories: int, condition: bool, pixels: int
+) -> Counts:
+    """Counts from the mask areas [B, U] and pixel-level intersections [U, C] of a batch."""
+    batch = area.shape[0]
+    intersection = pixel_inter + area.T @ whole
+    present = (pixel_count > 0) | (whole > 0)  # [B, C]
+    category_onehot = jax.nn.one_hot(concept_category, num_categories, dtype=jnp.int32)  # [C, K]
+    if condition:
+        labelled = (present.astype(jnp.int32) @ category_onehot) > 0  # [B, K]
+    else:
+        labelled = jnp.broadcast_to(valid[:, None], (batch, num_categories))
+    unit_area = area.T @ labelled.astype(jnp.int32)
+    concept_area = jnp.sum(pixel_count, axis=0) + jnp.sum(whole, axis=0) * pixels
+    return Counts(intersection, unit_area, concept_area)
 
 
 def tally(
@@ -64,7 +102,7 @@ def tally(
     condition: bool = True,
     strategy: str = "segment",
 ) -> Counts:
-    """Counts for one batch.
+    """Counts for one batch, touching every (unit, pixel) pair.
 
     Args:
       acts: float [B, h, w, U] activations at the layer's native resolution.
@@ -73,30 +111,17 @@ def tally(
       concept_category: int32 [C], the category index of each concept.
       num_categories: K (static).
       condition: count a unit's area for category k only in images labelled with k.
-      strategy: "segment" (segment sums, best on CPU) or "dense" (one-hot matmul, best on
-        GPU/TPU); identical results.
+      strategy: "segment" (segment sums) or "dense" (one-hot matmul, best on GPU/TPU);
+        identical results. (The "sparse" strategy is :mod:`dissectjax.stats.sparse`.)
     """
-    if strategy not in STRATEGIES:
-        raise ValueError(f"unknown tally strategy {strategy!r}; expected one of {STRATEGIES}")
+    if strategy not in ("segment", "dense"):
+        raise ValueError(f"unknown tally strategy {strategy!r}; expected 'segment' or 'dense'")
     batch, layers, sh, sw = labels.pixel.shape
     pixels = sh * sw
     num_concepts = concept_category.shape[0]
-    valid = labels.valid
-    pixel_labels = jnp.where(valid[:, None, None, None], labels.pixel.astype(jnp.int32), -1)
-    pixel_labels = pixel_labels.reshape(batch, layers, pixels)
-    image_labels = jnp.where(valid[:, None], labels.image.astype(jnp.int32), -1)
-
+    ids, whole, pixel_count = prepare_labels(labels, num_concepts)
     mask = upsample(acts, (sh, sw)).reshape(batch, pixels, -1) > thresholds  # [B, S, U]
-    area = jnp.sum(mask, axis=1, dtype=jnp.int32) * valid[:, None]  # [B, U]
-
-    # per-image, per-concept pixel counts [B, C] and image-level indicators [B, C]
-    rows = jnp.broadcast_to(jnp.arange(batch)[:, None, None], pixel_labels.shape)
-    ids = jnp.where(pixel_labels < 0, num_concepts, pixel_labels)
-    pixel_count = jnp.zeros((batch, num_concepts + 1), jnp.int32).at[rows, ids].add(1)[:, :num_concepts]
-    image_ids = jnp.where(image_labels < 0, num_concepts, image_labels)
-    image_rows = jnp.broadcast_to(jnp.arange(batch)[:, None], image_ids.shape)
-    whole = jnp.zeros((batch, num_concepts + 1), jnp.int32).at[image_rows, image_ids].max(1)[:, :num_concepts]
-
+    area = jnp.sum(mask, axis=1, dtype=jnp.int32) * labels.valid[:, None]  # [B, U]
     if strategy == "segment":
         flat_mask = mask.reshape(batch * pixels, -1).astype(jnp.int32)
         pixel_inter = sum(
@@ -107,18 +132,9 @@ def tally(
         if batch * pixels >= _F32_EXACT:
             raise ValueError(f"batch of {batch} x {pixels} pixels is too large for exact dense tallies")
         dtype = jnp.bfloat16  # 0/1 values are exact; accumulation is float32
-        onehot = sum(jax.nn.one_hot(pixel_labels[:, layer], num_concepts, dtype=dtype) for layer in range(layers))
-        pixel_inter = jnp.einsum("bsu,bsc->uc", mask.astype(dtype), onehot, preferred_element_type=jnp.float32).astype(
-            jnp.int32
-        )
-    intersection = pixel_inter + area.T @ whole
-
-    present = (pixel_count > 0) | (whole > 0)  # [B, C]
-    category_onehot = jax.nn.one_hot(concept_category, num_categories, dtype=jnp.int32)  # [C, K]
-    if condition:
-        labelled = (present.astype(jnp.int32) @ category_onehot) > 0  # [B, K]
-    else:
-        labelled = jnp.broadcast_to(valid[:, None], (batch, num_categories))
-    unit_area = area.T @ labelled.astype(jnp.int32)
-    concept_area = jnp.sum(pixel_count, axis=0) + jnp.sum(whole, axis=0) * pixels
-    return Counts(intersection, unit_area, concept_area)
+        onehot = sum(jax.nn.one_hot(ids[:, layer], num_concepts, dtype=dtype) for layer in range(layers))
+        pixel_inter = jnp.einsum("bsu,bsc->uc", mask.astype(dtype), onehot, preferred_element_type=jnp.float32)
+        pixel_inter = pixel_inter.astype(jnp.int32)
+    return assemble_counts(
+        area, pixel_inter, whole, pixel_count, labels.valid, concept_category, num_categories, condition, pixels
+    )

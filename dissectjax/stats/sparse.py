@@ -1,0 +1,182 @@
+"""The sparse tally: only the pixels that can lie above a unit's threshold are touched.
+
+A bilinearly upsampled pixel is a convex combination of four low-resolution values, its
+*quad*'s corners, so it can exceed the threshold only if one of them does. The output
+grid is split into quads: runs of rows (and columns) that interpolate between the same
+pair of low-resolution rows (columns). Per batch:
+
+1. count the (image, unit, quad) triples whose corner maximum exceeds the threshold;
+2. compact them (``jnp.nonzero`` with a static bound chosen from the count), upsample
+   only their tiles, and threshold: the unit masks, tile by tile; and count the masked
+   pixels;
+3. compact the masked pixels (a second static bound), look up their labels in every
+   label layer, and add them into ``intersection[u, c]``.
+
+Each step is compiled per bound; bounds are powers of two, so few programs are compiled.
+Counts are exactly those of :func:`dissectjax.stats.tally.tally` (the same arithmetic per
+pixel: interpolation along rows, then along columns). Every device works on its own
+shard; statistics are summed over the mesh.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec as P
+
+from dissectjax.parallel import DATA, DataParallel, to_host
+from dissectjax.stats.tally import LabelBatch, assemble_counts, prepare_labels
+from dissectjax.stats.upsample import interpolation_matrix
+
+
+@functools.lru_cache(maxsize=64)
+def quad_runs(n_out: int, n_in: int):
+    """Runs of output samples that interpolate between the same two input samples.
+
+    Returns numpy arrays: start [G], lo [G], hi [G] (the two input samples), frac [G, T]
+    (weight of ``hi`` for each sample of the run, padded), inside [G, T] (bool: a real
+    sample, not padding), and T, the longest run.
+    """
+    w = interpolation_matrix(n_out, n_in)
+    s = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
+    lo = np.floor(s).astype(np.int64)
+    raw = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
+    key = np.stack([lo, raw < 0, raw > n_in - 1], axis=1)  # clamped edges get runs of their own
+    breaks = np.flatnonzero(np.any(key[1:] != key[:-1], axis=1)) + 1
+    starts = np.concatenate([[0], breaks])
+    lengths = np.diff(np.concatenate([starts, [n_out]]))
+    longest = int(lengths.max())
+    run_lo = lo[starts]
+    run_hi = np.minimum(run_lo + 1, n_in - 1)
+    frac = np.zeros((len(starts), longest), np.float32)
+    inside = np.zeros((len(starts), longest), bool)
+    for g, (start, length) in enumerate(zip(starts, lengths)):
+        rows = np.arange(start, start + length)
+        frac[g, :length] = w[rows, run_hi[g]] if run_hi[g] != run_lo[g] else 0.0
+        inside[g, :length] = True
+    return starts, run_lo, run_hi, frac, inside, longest
+
+
+def _bound(count: int, floor: int = 256) -> int:
+    """A static size for ``count`` items: the next power of two, at least ``floor``."""
+    return max(floor, 1 << max(0, int(count) - 1).bit_length())
+
+
+def _corners(acts, ys, xs):
+    """acts [B, h, w, U] at the quads' corners: four arrays [B, Gy, Gx, U]."""
+    (ylo, yhi), (xlo, xhi) = ys, xs
+    rows_lo, rows_hi = acts[:, ylo], acts[:, yhi]
+    return rows_lo[:, :, xlo], rows_lo[:, :, xhi], rows_hi[:, :, xlo], rows_hi[:, :, xhi]
+
+
+def _active(acts, thresholds, valid, ys, xs):
+    c00, c01, c10, c11 = _corners(acts, ys, xs)
+    peak = jnp.maximum(jnp.maximum(c00, c01), jnp.maximum(c10, c11))
+    return (peak > thresholds) & valid[:, None, None, None], (c00, c01, c10, c11)
+
+
+class SparseTally:
+    """The sparse tally on a device mesh; call like :func:`dissectjax.stats.tally.tally`."""
+
+    def __init__(self, parallel: DataParallel):
+        self.dp = parallel
+
+    def _map(self, fn, in_specs, out_specs):
+        return jax.jit(jax.shard_map(fn, mesh=self.dp.mesh, in_specs=in_specs, out_specs=out_specs))
+
+    @functools.lru_cache(maxsize=32)  # noqa: B019 (one instance per mesh, kept for the run)
+    def _count_fn(self, geometry):
+        ys, xs = _arrays(geometry)
+
+        def count(acts, thresholds, valid):
+            active, _ = _active(acts.astype(jnp.float32), thresholds, valid, ys, xs)
+            return jax.lax.pmax(jnp.sum(active, dtype=jnp.int32), DATA)
+
+        return self._map(count, (P(DATA), P(), P(DATA)), P())
+
+    @functools.lru_cache(maxsize=32)  # noqa: B019
+    def _tiles_fn(self, geometry, tiles_y, tiles_x, bound):
+        ys, xs = _arrays(geometry)
+        fy_runs, iy_runs = (jnp.asarray(a.array) for a in tiles_y)
+        fx_runs, ix_runs = (jnp.asarray(a.array) for a in tiles_x)
+
+        def tiles(acts, thresholds, valid):
+            acts = acts.astype(jnp.float32)
+            active, (c00, c01, c10, c11) = _active(acts, thresholds, valid, ys, xs)
+            n = jnp.sum(active, dtype=jnp.int32)
+            b, gy, gx, u = jnp.nonzero(active, size=bound, fill_value=0)
+            ok = jnp.arange(bound) < n
+            fy, fx = fy_runs[gy], fx_runs[gx]  # [K, T]
+            at = (b, gy, gx, u)
+            # along rows, then along columns: the same arithmetic as the dense upsample
+            col_lo = c00[at][:, None] * (1 - fy) + c10[at][:, None] * fy  # [K, Ty]
+            col_hi = c01[at][:, None] * (1 - fy) + c11[at][:, None] * fy
+            values = col_lo[:, :, None] * (1 - fx)[:, None, :] + col_hi[:, :, None] * fx[:, None, :]
+            mask = values > thresholds[u][:, None, None]
+            mask &= iy_runs[gy][:, :, None] & ix_runs[gx][:, None, :] & ok[:, None, None]
+            batch, units = active.shape[0], active.shape[3]
+            area = jnp.zeros((batch, units), jnp.int32).at[b, u].add(jnp.sum(mask, axis=(1, 2), dtype=jnp.int32))
+            masked = jax.lax.pmax(jnp.sum(mask, dtype=jnp.int32), DATA)
+            return (b, gy, gx, u), mask, area, masked
+
+        return self._map(tiles, (P(DATA), P(), P(DATA)), ((P(DATA),) * 4, P(DATA), P(DATA), P()))
+
+    @functools.lru_cache(maxsize=32)  # noqa: B019
+    def _pixels_fn(self, starts_y, starts_x, bound, num_categories, condition):
+        sy, sx = jnp.asarray(np.array(starts_y)), jnp.asarray(np.array(starts_x))
+
+        def pixels(quads, mask, area, labels, category):
+            b, gy, gx, u = quads
+            num_concepts = category.shape[0]
+            _, layers, sh, sw = labels.pixel.shape
+            ids, whole, pixel_count = prepare_labels(labels, num_concepts)
+            k, r, c = jnp.nonzero(mask, size=bound, fill_value=0)
+            ok = (jnp.arange(bound) < jnp.sum(mask)).astype(jnp.int32)
+            flat = (sy[gy[k]] + r) * sw + (sx[gx[k]] + c)
+            hit = ids[b[k], :, flat]  # [K2, L] concept of each masked pixel in each layer
+            slot = u[k][:, None] * (num_concepts + 1) + hit
+            units = area.shape[1]
+            pixel_inter = jnp.zeros(units * (num_concepts + 1), jnp.int32).at[slot.ravel()].add(jnp.repeat(ok, layers))
+            pixel_inter = pixel_inter.reshape(units, num_concepts + 1)[:, :num_concepts]
+            counts = assemble_counts(
+                area, pixel_inter, whole, pixel_count, labels.valid, category, num_categories, condition, sh * sw
+            )
+            return jax.tree.map(lambda x: jax.lax.psum(x, DATA), counts)
+
+        quad_spec = (P(DATA),) * 4
+        return self._map(pixels, (quad_spec, P(DATA), P(DATA), P(DATA), P()), P())
+
+    def __call__(self, acts, labels: LabelBatch, thresholds, category, num_categories: int, condition: bool):
+        _, h, w, _ = acts.shape
+        _, _, sh, sw = labels.pixel.shape
+        sy, ylo, yhi, fy, iy, _ = quad_runs(sh, h)
+        sx, xlo, xhi, fx, ix, _ = quad_runs(sw, w)
+        geometry = ((_Static(ylo), _Static(yhi)), (_Static(xlo), _Static(xhi)))
+        count = int(to_host(self._count_fn(geometry)(acts, thresholds, labels.valid)))
+        tiles = self._tiles_fn(geometry, (_Static(fy), _Static(iy)), (_Static(fx), _Static(ix)), _bound(count))
+        quads, mask, area, masked = tiles(acts, thresholds, labels.valid)
+        pixels = self._pixels_fn(tuple(sy.tolist()), tuple(sx.tolist()), _bound(int(to_host(masked))),
+                                 num_categories, condition)  # fmt: skip
+        return pixels(quads, mask, area, labels, category)
+
+
+class _Static:
+    """A NumPy array usable as a cache key and as a compile-time constant."""
+
+    def __init__(self, array: np.ndarray):
+        self.array = np.asarray(array)
+        self._key = (self.array.shape, self.array.dtype.str, self.array.tobytes())
+
+    def __hash__(self):
+        return hash(self._key)
+
+    def __eq__(self, other):
+        return isinstance(other, _Static) and self._key == other._key
+
+
+def _arrays(geometry):
+    """((ylo, yhi), (xlo, xhi)) of _Static -> the same of NumPy arrays."""
+    return tuple(tuple(part.array for part in axis) for axis in geometry)
