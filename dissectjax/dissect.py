@@ -197,7 +197,10 @@ def _kernels(parallel: DataParallel):
     ``tally(acts, labels, thresholds, category, num_categories, condition, strategy)``.
     """
     hist = parallel.reduce(prefix_histogram, 2, _HISTOGRAM)
-    histogram = jax.jit(lambda a, v, p, depth, bits: hist(a, v, p, depth=depth, bits=bits), static_argnums=(3, 4))
+    histogram = jax.jit(
+        lambda a, v, p, depth, bits, extremes: hist(a, v, p, depth=depth, bits=bits, extremes=extremes),
+        static_argnums=(3, 4, 5),
+    )
     count = parallel.reduce(lambda a, labels, t, cat, **kw: tally(a, t, labels, cat, **kw), 2, _COUNTS)
     dense = jax.jit(
         lambda a, labels, t, cat, k, cond, strategy: count(
@@ -291,7 +294,8 @@ class _Run:
                     s = self.select[name]
                     a = acts[name]
                     acc[name].add(
-                        self._histogram(a, valid, prefixes[name], s.depth, s.bits), int(np.prod(a.shape[:-1]))
+                        self._histogram(a, valid, prefixes[name], s.depth, s.bits, s.extremes),
+                        int(np.prod(a.shape[:-1])),
                     )
                 self._maybe_save(functools.partial(self._state, "threshold", i + 1, acc))
             for name in active:

@@ -33,7 +33,9 @@ def select(acts, quantile, batch=None, valid=None):
             v = np.ones(len(a), bool) if valid is None else valid[start : start + batch]
             c, lo, hi, bad = (
                 np.asarray(x)
-                for x in prefix_histogram(jnp.asarray(a), jnp.asarray(v), jnp.asarray(s.prefix), s.depth, s.bits)
+                for x in prefix_histogram(
+                    jnp.asarray(a), jnp.asarray(v), jnp.asarray(s.prefix), s.depth, s.bits, s.extremes
+                )
             )
             assert not bad.any()
             if total is None:

@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 KEY_BITS = 32
+_SIGN = np.uint32(0x80000000)
 DEFAULT_SCHEDULE = (12, 10, 10)
 
 
@@ -45,7 +46,9 @@ def key_to_value(key: np.ndarray) -> np.ndarray:
     return bits.view(np.float32)
 
 
-def prefix_histogram(acts: jax.Array, valid: jax.Array, prefix: jax.Array, depth: int, bits: int):
+def prefix_histogram(
+    acts: jax.Array, valid: jax.Array, prefix: jax.Array, depth: int, bits: int, extremes: bool = True
+):
     """Histogram of the keys that start with each unit's ``prefix``, on their next ``bits`` bits.
 
     Args:
@@ -54,29 +57,42 @@ def prefix_histogram(acts: jax.Array, valid: jax.Array, prefix: jax.Array, depth
       prefix: uint32 [U], the key bits fixed so far (left-aligned, low bits zero).
       depth: number of fixed leading bits (static), 0 <= depth < 32.
       bits: bits resolved by this pass (static), depth + bits <= 32.
+      extremes: also the smallest and largest key per bin (static). The first pass skips
+        them: its bins are too wide to settle a threshold, and its scatters, spread over
+        every bin, cost most.
 
     Returns:
       counts int32 [U, 2**bits], kmin uint32 [U, 2**bits], kmax uint32 [U, 2**bits]
-      (kmin/kmax are the smallest/largest key in each bin; empty bins hold 0xFFFFFFFF/0),
-      and nonfinite int32 [U], the number of NaN/Inf values per unit.
+      (kmin/kmax are the smallest/largest key in each bin; empty bins hold 0xFFFFFFFF/0;
+      [U, 0] without ``extremes``), and nonfinite int32 [U], the NaN/Inf values per unit.
     """
     units = acts.shape[-1]
     nbins = 1 << bits
     flat = acts.reshape(acts.shape[0], -1, units)
     keys = order_key(flat)  # [B, P, U]
-    keep = valid[:, None, None] & jnp.isfinite(flat)
+    finite = jnp.isfinite(flat)
+    keep = valid[:, None, None] & finite
     if depth > 0:
         keep &= (keys >> (KEY_BITS - depth)) == (prefix >> (KEY_BITS - depth))[None, None, :]
     shift = KEY_BITS - depth - bits
     bins = ((keys >> shift) & jnp.uint32(nbins - 1)).astype(jnp.int32)
     bins = jnp.where(keep, bins, nbins)  # out-of-bucket values land in a dropped bin
-    unit_ids = jnp.broadcast_to(jnp.arange(units, dtype=jnp.int32), bins.shape)
-    index = (unit_ids.ravel(), bins.ravel())
-    counts = jnp.zeros((units, nbins + 1), jnp.int32).at[index].add(1)
-    kmin = jnp.full((units, nbins + 1), 0xFFFFFFFF, jnp.uint32).at[index].min(keys.ravel())
-    kmax = jnp.zeros((units, nbins + 1), jnp.uint32).at[index].max(keys.ravel())
-    nonfinite = jnp.sum(valid[:, None, None] & ~jnp.isfinite(flat), axis=(0, 1), dtype=jnp.int32)
-    return counts[:, :nbins], kmin[:, :nbins], kmax[:, :nbins], nonfinite
+    # one flat index per value; XLA's CPU scatter is much faster 1-D and on signed ints
+    index = (jnp.arange(units, dtype=jnp.int32) * (nbins + 1) + bins).ravel()
+    signed = jax.lax.bitcast_convert_type(keys ^ _SIGN, jnp.int32).ravel()  # same order as the keys
+    size = units * (nbins + 1)
+    counts = jnp.zeros(size, jnp.int32).at[index].add(1).reshape(units, nbins + 1)[:, :nbins]
+    nonfinite = jnp.sum(valid[:, None, None] & ~finite, axis=(0, 1), dtype=jnp.int32)
+    if not extremes:
+        none = jnp.zeros((units, 0), jnp.uint32)
+        return counts, none, none, nonfinite
+    smin = jnp.full(size, jnp.iinfo(jnp.int32).max, jnp.int32).at[index].min(signed)
+    smax = jnp.full(size, jnp.iinfo(jnp.int32).min, jnp.int32).at[index].max(signed)
+
+    def unsigned(x):
+        return jax.lax.bitcast_convert_type(x.reshape(units, nbins + 1)[:, :nbins], jnp.uint32) ^ _SIGN
+
+    return counts, unsigned(smin), unsigned(smax), nonfinite
 
 
 @dataclasses.dataclass
@@ -117,6 +133,11 @@ class RadixSelect:
         return self.schedule[self.level]
 
     @property
+    def extremes(self) -> bool:
+        """Whether this pass needs per-bin min/max keys (all but the first)."""
+        return self.level > 0
+
+    @property
     def done(self) -> bool:
         return bool(self.resolved.all())
 
@@ -145,12 +166,17 @@ class RadixSelect:
         rows = np.arange(self.units)
         shift = KEY_BITS - self.depth - self.bits
         last_level = self.level == len(self.schedule) - 1
-        in_bin = counts[rows, chosen]
-        ties = kmin[rows, chosen] == kmax[rows, chosen]
-        small = in_bin <= 0.5 * self.rank_tolerance * self.total
-        newly = ~self.resolved & (small | ties | last_level)
-        # threshold = the largest value in the chosen bin: exactly above_bin values exceed it
-        self.threshold_keys = np.where(newly, kmax[rows, chosen], self.threshold_keys).astype(np.uint32)
+        if kmin.shape[1] == 0:  # no extremes: no threshold value to settle on yet
+            if last_level:
+                raise ValueError("the last pass needs per-bin extremes")
+            newly = np.zeros(self.units, bool)
+        else:
+            in_bin = counts[rows, chosen]
+            ties = kmin[rows, chosen] == kmax[rows, chosen]
+            small = in_bin <= 0.5 * self.rank_tolerance * self.total
+            newly = ~self.resolved & (small | ties | last_level)
+            # threshold = the largest value in the chosen bin: exactly above_bin values exceed it
+            self.threshold_keys = np.where(newly, kmax[rows, chosen], self.threshold_keys).astype(np.uint32)
         narrow = ~self.resolved & ~newly
         self.prefix = np.where(
             narrow, self.prefix | (chosen.astype(np.uint32) << np.uint32(shift)), self.prefix
