@@ -15,12 +15,9 @@ PY=${PYTHON:-python3}
 echo "## $(date -u +%Y-%m-%d) on $(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null || echo CPU)"
 $PY -c "import jax, flax; print('jax', jax.__version__, 'flax', flax.__version__, jax.devices())"
 
-echo; echo "### broden-scale, ${IMAGES} images (ResNet-18 layer4 shapes, 1,200 concepts)"
+echo; echo "### broden-scale, ${IMAGES} images (ResNet-18 layer4 shapes, 1,200 concepts), and in the same"
+echo "### run the NumPy baseline on this host's CPU (64 images)"
 $PY -m dissectjax bench --workload broden-scale --images "$IMAGES" --pool "$POOL" --batch-size "$BATCH" \
-    --baseline-images 0
-
-echo; echo "### broden-scale, 2,048 images, against the NumPy baseline (on this host's CPU, 64 images)"
-$PY -m dissectjax bench --workload broden-scale --images 2048 --pool "$POOL" --batch-size "$BATCH" \
     --baseline-images 64
 
 echo; echo "### small: the demo's SceneNet on 1,000 synthetic scenes"
