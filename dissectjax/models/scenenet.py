@@ -30,11 +30,28 @@ class SceneNet(nn.Module):
     batch_norm: bool = True
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-        x = preprocess(images)
+    def __call__(self, images: jax.Array, train: bool = False, from_layer: str | None = None) -> jax.Array:
+        """Logits [B, classes].
+
+        With ``from_layer="conv{k}"``, ``images`` is instead that layer's activation
+        [B, h, w, U] and only the layers above it run (to measure interventions on a layer
+        without recomputing what lies below it).
+        """
+        start = 0
+        if from_layer is None:
+            x = preprocess(images)
+        else:
+            names = [f"conv{i}" for i in range(1, len(self.widths) + 1)]
+            if from_layer not in names:
+                raise ValueError(f"from_layer must be one of {names}, got {from_layer!r}")
+            start, x = names.index(from_layer) + 1, images
+            if start == 2:
+                x = nn.max_pool(x, (2, 2), strides=(2, 2))
         strides = (2, 1, 1, 1, 1)
         kernels = (5, 3, 3, 3, 3)
         for i, (width, stride, kernel) in enumerate(zip(self.widths, strides, kernels), start=1):
+            if i <= start:
+                continue
             x = nn.Conv(
                 width,
                 (kernel, kernel),
