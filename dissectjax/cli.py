@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from dissectjax.cli_surgery import add_parsers as add_surgery_parsers
 from dissectjax.errors import DissectError
 
 DEMO_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
@@ -277,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_dissect)
 
     sub.add_parser("bench", help="throughput benchmarks (dissectjax bench --help)", add_help=False)
+    add_surgery_parsers(sub)
 
     t = sub.add_parser("train", help="train a scene classifier on synthetic scenes and save a checkpoint")
     t.add_argument("--out", required=True, help="checkpoint directory to create")

@@ -1,0 +1,302 @@
+"""``dissectjax ablate``, ``match`` and ``transplant``: surgery on scene classifiers from the CLI.
+
+Images come from the synthetic scene generator, on seeds that neither training (100, 101)
+nor the probe set (1) uses: ``--split rank`` (seed 200) to choose units, ``--split eval``
+(seed 201, the default) to measure.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+
+from dissectjax.errors import DissectError
+
+SPLIT_SEEDS = {"rank": 200, "eval": 201}
+
+
+def scene_images(n: int, split: str, image_size: int = 64):
+    from dissectjax.data import synthetic
+
+    config = synthetic.SyntheticConfig(size=n, seed=SPLIT_SEEDS[split], image_size=image_size)
+    return synthetic.generate_classification(config)
+
+
+def class_names() -> tuple[str, ...]:
+    from dissectjax.data import synthetic
+
+    return synthetic.SCENES
+
+
+def _units(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(u) for u in text.split(",") if u.strip()]
+    except ValueError:
+        raise DissectError(f"--units must be comma-separated integers, got {text!r}") from None
+
+
+def _write(out: str | None, name: str, rows: list[dict], summary: dict) -> None:
+    if not out:
+        return
+    os.makedirs(out, exist_ok=True)
+    if rows:
+        with open(os.path.join(out, f"{name}.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    with open(os.path.join(out, f"{name}.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    print(f"wrote {out}/{name}.csv and {name}.json", file=sys.stderr)
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(x) for x in col) for col in zip(head, *rows)]
+    fmt = lambda r: "  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip()
+    return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
+
+
+def _load(path: str):
+    from dissectjax.checkpoint import load_checkpoint
+
+    model, variables, config = load_checkpoint(path)
+    return model, variables, config
+
+
+# ---- ablate ---------------------------------------------------------------------------------
+def cmd_ablate(args) -> int:
+    from dissectjax.ablation import balanced_accuracy, confusions, layer_data, ranked_units, single_unit_damage
+    from dissectjax.surgery import unit_mask, wiring
+
+    model, variables, _ = _load(args.checkpoint)
+    units_total = wiring(model, args.layer).units
+    names = class_names()
+    eval_x, eval_y = scene_images(args.images, "eval")
+    data = layer_data(model, variables, args.layer, eval_x, eval_y)
+    if args.single_unit:
+        base, damage = single_unit_damage(model, variables, data, args.mode)
+        rows = [
+            {"unit": u, "class": names[c], "damage": round(float(damage[u, c]), 6)}
+            for u in range(units_total)
+            for c in range(len(names))
+        ]
+        print(
+            _table(
+                ["class", "balanced acc.", "most damaging units (drop)"],
+                [
+                    [
+                        names[c],
+                        f"{base[c]:.3f}",
+                        ", ".join(f"{u} ({damage[u, c]:.3f})" for u in ranked_units(damage, c)[:5]),
+                    ]
+                    for c in range(len(names))
+                ],
+            )
+        )
+        _write(
+            args.out,
+            "single_unit",
+            rows,
+            {
+                "layer": args.layer,
+                "mode": args.mode,
+                "images": args.images,
+                "baseline": dict(zip(names, base.round(6).tolist())),
+            },
+        )
+        return 0
+    if args.top_for_class:
+        if args.top_for_class not in names:
+            raise DissectError(f"unknown class {args.top_for_class!r}; classes: {', '.join(names)}")
+        rank_x, rank_y = scene_images(args.images, "rank")
+        _, damage = single_unit_damage(
+            model, variables, layer_data(model, variables, args.layer, rank_x, rank_y), args.mode
+        )
+        units = ranked_units(damage, names.index(args.top_for_class))[: args.count].tolist()
+        print(f"units most damaging to {args.top_for_class} on the rank split: {units}", file=sys.stderr)
+    else:
+        units = _units(args.units)
+        if not units:
+            raise DissectError("name the units: --units 3,17, --top-for-class CLASS --count K, or --single-unit")
+    mask = unit_mask(model, args.layer, units)
+    before, after = balanced_accuracy(
+        confusions(model, variables, data, np.stack([np.zeros_like(mask), mask]), args.mode)
+    )
+    rows = [
+        {"class": n, "before": round(float(b), 6), "after": round(float(a), 6), "change": round(float(a - b), 6)}
+        for n, b, a in zip(names, before, after)
+    ]
+    print(
+        _table(
+            ["class", "before", "after", "change"],
+            [[r["class"], f"{r['before']:.3f}", f"{r['after']:.3f}", f"{r['change']:+.3f}"] for r in rows],
+        )
+    )
+    print(
+        f"mean balanced accuracy {before.mean():.3f} -> {after.mean():.3f} ({len(units)} of {units_total} units "
+        f"of {args.layer}, {args.mode})"
+    )
+    _write(args.out, "ablation", rows, {"layer": args.layer, "units": units, "mode": args.mode, "images": args.images})
+    return 0
+
+
+# ---- match ----------------------------------------------------------------------------------
+def layer_matching(model_a, vars_a, model_b, vars_b, layer: str, images: np.ndarray, batch: int = 250):
+    """Matching of ``layer``'s units from A to B on ``images``."""
+    import jax
+    import jax.numpy as jnp
+
+    from dissectjax.matching import Correlation, match
+    from dissectjax.models.layers import activation_fn
+
+    fa = jax.jit(activation_fn(model_a, vars_a, [layer], jnp.asarray(images[:1])))
+    fb = jax.jit(activation_fn(model_b, vars_b, [layer], jnp.asarray(images[:1])))
+    corr = Correlation()
+    for i in range(0, len(images), batch):
+        x = jnp.asarray(images[i : i + batch])
+        corr.add(fa(x)[layer], fb(x)[layer])
+    return match(corr.result())
+
+
+def cmd_match(args) -> int:
+    from dissectjax.surgery import wiring
+
+    model_a, vars_a, _ = _load(args.a)
+    model_b, vars_b, _ = _load(args.b)
+    wiring(model_a, args.layer), wiring(model_b, args.layer)
+    images, _ = scene_images(args.images, "eval")
+    m = layer_matching(model_a, vars_a, model_b, vars_b, args.layer, images)
+    order = np.argsort(-m.correlation)
+    print(
+        _table(
+            ["unit (A)", "slot (B)", "correlation"],
+            [[str(u), str(m.slot[u]), f"{m.correlation[u]:.3f}"] for u in order[:10]],
+        )
+    )
+    print(
+        f"{args.layer}: mean correlation of matched pairs {m.mean:.3f}; random permutations "
+        f"{m.random_mean:.3f} +- {m.random_std:.3f}; pairs above 0.5: {int((m.correlation > 0.5).sum())}"
+    )
+    rows = [
+        {"unit_a": u, "slot_b": int(m.slot[u]), "correlation": round(float(m.correlation[u]), 6)}
+        for u in range(len(m.slot))
+    ]
+    _write(
+        args.out,
+        "matching",
+        rows,
+        {
+            "layer": args.layer,
+            "a": args.a,
+            "b": args.b,
+            "images": args.images,
+            "mean": m.mean,
+            "random_mean": m.random_mean,
+            "random_std": m.random_std,
+        },
+    )
+    return 0
+
+
+# ---- transplant -------------------------------------------------------------------------------
+def cmd_transplant(args) -> int:
+    from dissectjax.checkpoint import save_checkpoint
+    from dissectjax.surgery import transplant, wiring
+    from dissectjax.train import accuracy
+
+    model_a, vars_a, config_a = _load(args.source)
+    model_b, vars_b, config_b = _load(args.target)
+    if config_a["model"] != config_b["model"] or config_a.get("model_kwargs") != config_b.get("model_kwargs"):
+        raise DissectError(
+            f"{args.source} ({config_a['model']}) and {args.target} ({config_b['model']}) are different architectures"
+        )
+    if os.path.exists(args.out):
+        raise DissectError(f"--out {args.out} already exists; remove it or choose another path")
+    w = wiring(model_b, args.layer)
+    units = _units(args.units)
+    if not units:
+        raise DissectError("--units is required (comma-separated unit numbers of the source)")
+    images, labels = scene_images(args.images, "eval")
+    matching = layer_matching(model_a, vars_a, model_b, vars_b, args.layer, images) if args.matched else None
+    if args.matched:
+        slots = [int(matching.slot[u]) for u in units]
+    else:
+        slots = _units(args.slots)
+        if not slots:
+            raise DissectError("give --slots (one per unit) or --matched")
+    inputs = None
+    if w.previous is not None:
+        inputs = layer_matching(model_a, vars_a, model_b, vars_b, w.previous, images).slot
+    outputs = None
+    if args.outgoing and w.next is not None:
+        outputs = layer_matching(model_a, vars_a, model_b, vars_b, w.next, images).slot
+    result = transplant(model_b, vars_a, vars_b, args.layer, units, slots, inputs, args.outgoing, outputs)
+    before, after = accuracy(model_b, vars_b, images, labels), accuracy(model_b, result, images, labels)
+    source = accuracy(model_a, vars_a, images, labels)
+    print(_table(["source unit", "target slot"], [[str(u), str(s)] for u, s in zip(units, slots)]))
+    print(
+        f"accuracy on {args.images} held-out scenes: source {source:.3f}; target {before:.3f} -> {after:.3f} "
+        f"after the transplant"
+    )
+    save_checkpoint(
+        args.out,
+        config_b["model"],
+        config_b.get("model_kwargs", {}),
+        config_b["input_shape"],
+        result,
+        transplant={
+            "source": os.path.abspath(args.source),
+            "target": os.path.abspath(args.target),
+            "layer": args.layer,
+            "units": units,
+            "slots": slots,
+            "outgoing": args.outgoing,
+            "matched": args.matched,
+        },
+        val_accuracy=round(after, 4),
+    )
+    print(f"saved {args.out}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    a = sub.add_parser("ablate", help="remove units of a layer and measure per-class balanced accuracy")
+    a.add_argument("--checkpoint", required=True)
+    a.add_argument("--layer", required=True, help="e.g. conv5")
+    a.add_argument("--units", help="comma-separated unit numbers")
+    a.add_argument(
+        "--top-for-class",
+        metavar="CLASS",
+        help="ablate the units most damaging to CLASS (ranked on the rank split, measured on the eval split)",
+    )
+    a.add_argument("--count", type=int, default=10, help="how many units with --top-for-class (default: %(default)s)")
+    a.add_argument("--single-unit", action="store_true", help="ablate every unit alone; write the damage per class")
+    a.add_argument("--mode", choices=["zero", "mean"], default="zero", help="zero the units or set them to their mean")
+    a.add_argument("--images", type=int, default=1000, help="synthetic scenes to measure on (default: %(default)s)")
+    a.add_argument("--out", help="directory for CSV/JSON results")
+    a.set_defaults(func=cmd_ablate)
+
+    m = sub.add_parser("match", help="match the units of a layer across two instances (correlation + Hungarian)")
+    m.add_argument("--a", required=True, help="checkpoint of instance A")
+    m.add_argument("--b", required=True, help="checkpoint of instance B")
+    m.add_argument("--layer", required=True)
+    m.add_argument("--images", type=int, default=500)
+    m.add_argument("--out", help="directory for CSV/JSON results")
+    m.set_defaults(func=cmd_match)
+
+    t = sub.add_parser("transplant", help="copy units from one instance into another; save the result")
+    t.add_argument("--source", required=True, help="checkpoint to take units from (A)")
+    t.add_argument("--target", required=True, help="checkpoint to put them into (B)")
+    t.add_argument("--layer", required=True)
+    t.add_argument("--units", required=True, help="comma-separated unit numbers of the source")
+    t.add_argument("--slots", help="comma-separated target slots, one per unit")
+    t.add_argument("--matched", action="store_true", help="put each unit into its matched slot in the target")
+    t.add_argument("--outgoing", action="store_true", help="also copy the weights that read the units")
+    t.add_argument("--images", type=int, default=500, help="scenes for matching and accuracy (default: %(default)s)")
+    t.add_argument("--out", required=True, help="checkpoint directory to write")
+    t.set_defaults(func=cmd_transplant)
