@@ -146,24 +146,8 @@ def cmd_ablate(args) -> int:
 
 
 # ---- match ----------------------------------------------------------------------------------
-def layer_matching(model_a, vars_a, model_b, vars_b, layer: str, images: np.ndarray, batch: int = 250):
-    """Matching of ``layer``'s units from A to B on ``images``."""
-    import jax
-    import jax.numpy as jnp
-
-    from dissectjax.matching import Correlation, match
-    from dissectjax.models.layers import activation_fn
-
-    fa = jax.jit(activation_fn(model_a, vars_a, [layer], jnp.asarray(images[:1])))
-    fb = jax.jit(activation_fn(model_b, vars_b, [layer], jnp.asarray(images[:1])))
-    corr = Correlation()
-    for i in range(0, len(images), batch):
-        x = jnp.asarray(images[i : i + batch])
-        corr.add(fa(x)[layer], fb(x)[layer])
-    return match(corr.result())
-
-
 def cmd_match(args) -> int:
+    from dissectjax.matching import layer_matching
     from dissectjax.surgery import wiring
 
     model_a, vars_a, _ = _load(args.a)
@@ -206,6 +190,7 @@ def cmd_match(args) -> int:
 # ---- transplant -------------------------------------------------------------------------------
 def cmd_transplant(args) -> int:
     from dissectjax.checkpoint import save_checkpoint
+    from dissectjax.matching import layer_matching
     from dissectjax.surgery import transplant, wiring
     from dissectjax.train import accuracy
 

@@ -75,3 +75,21 @@ def match(corr: np.ndarray, seed: int = 0, permutations: int = 1000) -> Matching
     n = corr.shape[0]
     random = np.array([corr[np.arange(n), rng.permutation(n)].mean() for _ in range(permutations)])
     return Matching(slot, corr[np.arange(n), slot], float(random.mean()), float(random.std()))
+
+
+def layer_correlation(model_a, vars_a, model_b, vars_b, layer: str, images: np.ndarray, batch: int = 250):
+    """float [U_A, U_B]: correlation of ``layer``'s units of A and B over ``images`` and positions."""
+    from dissectjax.models.layers import activation_fn
+
+    fa = jax.jit(activation_fn(model_a, vars_a, [layer], jnp.asarray(images[:1])))
+    fb = jax.jit(activation_fn(model_b, vars_b, [layer], jnp.asarray(images[:1])))
+    corr = Correlation()
+    for i in range(0, len(images), batch):
+        x = jnp.asarray(images[i : i + batch])
+        corr.add(fa(x)[layer], fb(x)[layer])
+    return corr.result()
+
+
+def layer_matching(model_a, vars_a, model_b, vars_b, layer: str, images: np.ndarray) -> Matching:
+    """:func:`match` of :func:`layer_correlation`."""
+    return match(layer_correlation(model_a, vars_a, model_b, vars_b, layer, images))

@@ -22,7 +22,8 @@ def build_model(name: str, **kwargs) -> nn.Module:
     """The registered model ``name`` built with ``kwargs`` (e.g. ``num_classes``)."""
     if name not in MODELS:
         raise DissectError(f"unknown model {name!r}; available models: {', '.join(sorted(MODELS))}")
-    return MODELS[name](**kwargs)
+    # JSON gives lists; modules must be hashable (they are static arguments of jitted functions)
+    return MODELS[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
 
 
 __all__ = ["MODELS", "LeNet5", "ResNet", "ResNet18", "SceneNet", "build_model"]

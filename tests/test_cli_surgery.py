@@ -1,0 +1,72 @@
+"""dissectjax ablate / match / transplant on the committed checkpoint: outputs and errors."""
+
+import csv
+import json
+import os
+
+import pytest
+
+from dissectjax.checkpoint import init_variables, save_checkpoint
+from dissectjax.cli import default_checkpoint_dir, main
+from dissectjax.models import build_model
+
+CHECKPOINT = os.path.join(default_checkpoint_dir(), "scenenet")
+
+
+def test_ablate_units_writes_per_class_results(tmp_path, capsys):
+    out = tmp_path / "abl"
+    assert main(["ablate", "--checkpoint", CHECKPOINT, "--layer", "conv5", "--units", "3,17", "--images", "48",
+                 "--out", str(out)]) == 0  # fmt: skip
+    rows = list(csv.DictReader(open(out / "ablation.csv")))
+    assert len(rows) == 12 and {"class", "before", "after", "change"} <= set(rows[0])
+    assert json.loads((out / "ablation.json").read_text())["units"] == [3, 17]
+    assert "mean balanced accuracy" in capsys.readouterr().out
+
+
+def test_match_an_instance_with_itself_is_the_identity(tmp_path, capsys):
+    assert main(["match", "--a", CHECKPOINT, "--b", CHECKPOINT, "--layer", "conv4", "--images", "24",
+                 "--out", str(tmp_path)]) == 0  # fmt: skip
+    rows = list(csv.DictReader(open(tmp_path / "matching.csv")))
+    assert all(r["unit_a"] == r["slot_b"] for r in rows)
+    summary = json.loads((tmp_path / "matching.json").read_text())
+    assert summary["mean"] == pytest.approx(1.0, abs=1e-4) and summary["random_mean"] < 0.5
+
+
+def test_transplant_saves_a_checkpoint(tmp_path, capsys):
+    out = tmp_path / "moved"
+    assert main(["transplant", "--source", CHECKPOINT, "--target", CHECKPOINT, "--layer", "conv5", "--units", "4",
+                 "--matched", "--images", "24", "--out", str(out)]) == 0  # fmt: skip
+    config = json.loads((out / "config.json").read_text())
+    assert config["transplant"]["slots"] == [4] and config["model"] == "scenenet"
+    assert "target" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def narrow(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("narrow") / "ckpt")
+    model = build_model("scenenet", num_classes=12, widths=(32, 64, 96, 96, 64))
+    save_checkpoint(path, "scenenet", {"num_classes": 12, "widths": [32, 64, 96, 96, 64]}, (64, 64, 3),
+                    init_variables(model, (64, 64, 3)))  # fmt: skip
+    return path
+
+
+@pytest.mark.parametrize(
+    "argv, expect",
+    [
+        (["ablate", "--layer", "conv9", "--units", "1"], "unknown layer 'conv9' for surgery on SceneNet"),
+        (["ablate", "--layer", "conv5", "--units", "128"], "unit 128 is out of range for layer conv5"),
+        (["ablate", "--layer", "conv5", "--top-for-class", "beach"], "unknown class 'beach'"),
+        (["ablate", "--layer", "conv5"], "name the units"),
+        (["transplant", "--target", "NARROW", "--layer", "conv5", "--units", "1", "--slots", "1"],
+         "are different architectures"),
+    ],
+)  # fmt: skip
+def test_surgery_errors(tmp_path, capsys, narrow, argv, expect):
+    argv = [narrow if a == "NARROW" else a for a in argv]
+    base = ["--checkpoint", CHECKPOINT] if argv[0] == "ablate" else ["--source", CHECKPOINT]
+    if argv[0] == "transplant":
+        argv += ["--out", str(tmp_path / "x")]
+    assert main([argv[0], *base, *argv[1:], "--images", "12"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expect in err[0], err
+    assert not (tmp_path / "x").exists()
