@@ -44,7 +44,10 @@ def open_dataset(spec: str, progress, say, split: str | None = None):
     from dissectjax.data.broden import BrodenDataset
 
     if spec == "synthetic" or spec.startswith("synthetic:"):
-        size = int(spec.split(":", 1)[1]) if ":" in spec else DEMO_PROBE["size"]
+        count = spec.split(":", 1)[1] if ":" in spec else str(DEMO_PROBE["size"])
+        if not count.isdigit() or int(count) < 1:
+            raise DissectError(f"--dataset {spec!r}: expected 'synthetic' or 'synthetic:N' with N a positive integer")
+        size = int(count)
         config = synthetic.SyntheticConfig(size=size, seed=DEMO_PROBE["seed"])
         say(f"probe set: synthetic scenes, {size} images (seed {config.seed}), cache {synthetic.default_cache_dir()}")
         return BrodenDataset(synthetic.ensure_broden(config, progress=progress), split), f"synthetic:{size}"
@@ -74,6 +77,19 @@ def format_table(results) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
+def input_stamps(info: dict) -> dict[str, list[int]]:
+    """Size and modification time of every input file: a resumed run must read the same data."""
+    paths = []
+    for key in ("dataset", "checkpoint", "activations"):
+        where = info.get(key)
+        if where and os.path.isdir(where):  # a dataset's tables, or every file of a checkpoint
+            for folder, _, files in os.walk(where):
+                paths += [os.path.join(folder, f) for f in files if key == "checkpoint" or f.endswith(".csv")]
+        elif where and os.path.isfile(where):
+            paths.append(where)
+    return {p: [os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in sorted(paths)}
+
+
 def run_dissection(source, dataset, config, out: str, info: dict, progress, say, resume: bool = True,
                    save_every: float = 60.0):  # fmt: skip
     """Dissects and writes ``out`` atomically (on the main process), resuming a killed run."""
@@ -92,6 +108,7 @@ def run_dissection(source, dataset, config, out: str, info: dict, progress, say,
             "layers": list(source.layers),
             "config": dataclasses.asdict(config),
             "images": len(dataset),
+            "inputs": input_stamps(info),
             "global_batch": parallel.global_batch_size(config.batch_size),
         }
         resume_file = ResumeFile(path, fingerprint, save_every)
@@ -133,6 +150,9 @@ def cmd_dissect(args) -> int:
     else:
         source, model_name = _model_source(args, dataset)
     info = {"model": model_name, "dataset": dataset_name}
+    for key in ("checkpoint", "activations"):
+        if getattr(args, key):
+            info[key] = os.path.abspath(getattr(args, key))
     results = run_dissection(source, dataset, config, args.out, info, progress, say, not args.no_resume,
                              args.save_every)  # fmt: skip
     if main_process:
@@ -148,6 +168,8 @@ def _model_source(args, dataset):
     if not args.layers:
         raise DissectError("--layers is required with --model (e.g. --layers conv4,conv5)")
     layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+    if not layers:
+        raise DissectError(f"--layers {args.layers!r} names no layer (e.g. --layers conv4,conv5)")
     shape = (*dataset.image_size(0), 3)
     if args.checkpoint:
         model, variables, ckpt = load_checkpoint(args.checkpoint)

@@ -55,6 +55,8 @@ def test_outputs_follow_the_contract(tmp_path, broden_dir):
         ("unknown-model", "unknown model 'nosuchnet'; available models:"),
         ("unknown-layer", "unknown layer 'conv9'"),
         ("bad-quantile", "--quantile must be between 0 and 1"),
+        ("bad-synthetic", "expected 'synthetic' or 'synthetic:N'"),
+        ("no-layers", "names no layer"),
     ],
 )
 def test_bad_input_gets_one_line_error_and_no_output(tmp_path, broden_dir, case, expect):
@@ -79,6 +81,10 @@ def test_bad_input_gets_one_line_error_and_no_output(tmp_path, broden_dir, case,
         layer_args = ["--model", "nosuchnet", "--layers", "conv1"]
     elif case == "unknown-layer":
         layer_args = ["--model", "scenenet", "--layers", "conv5,conv9"]
+    elif case == "bad-synthetic":
+        dataset = "synthetic:abc"
+    elif case == "no-layers":
+        layer_args = ["--model", "scenenet", "--layers", ","]
     np.save(tmp_path / "acts.npy", acts)
     source = layer_args or ["--activations", str(tmp_path / "acts.npy")]
     extra = ["--quantile", "1.5"] if case == "bad-quantile" else []

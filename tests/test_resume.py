@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from conftest import random_broden
 
+from dissectjax.cli import main
 from dissectjax.data.broden import BrodenDataset
 from dissectjax.dissect import DissectConfig, ResumeFile, dissect
 from dissectjax.sources import ArraySource
@@ -102,3 +103,17 @@ def test_sigkill_then_same_command_gives_identical_outputs(tmp_path, workload):
     for field in (*FIELDS, "iou"):
         np.testing.assert_array_equal(a[field], b[field])
     assert (out / "acts" / "units.csv").read_text() == (fresh / "acts" / "units.csv").read_text()
+
+
+def test_changed_inputs_start_afresh(tmp_path, workload):
+    root, acts_path = workload
+    acts = np.load(acts_path)
+    path = tmp_path / "acts.npy"
+    bad = acts.copy()
+    bad[3, 1, 0, 0] = np.nan
+    np.save(path, bad)
+    argv = ["dissect", "--activations", str(path), "--dataset", root, "--out", str(tmp_path / "out"),
+            "--batch-size", "4", "--save-every", "0", "--quiet"]  # fmt: skip
+    assert main(argv) == 2  # NaN: refused, but its partial state may be saved
+    np.save(path, acts)  # the user fixes the file in place and runs the same command
+    assert main(argv) == 0

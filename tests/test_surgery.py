@@ -190,3 +190,15 @@ def test_matching_recovers_a_permutation():
     m = match(c)
     np.testing.assert_array_equal(m.slot, perm)
     assert m.mean > 0.9 and abs(m.random_mean) < 0.1
+
+
+def test_mean_replacement_two_ways_agree(instances):
+    a, _, images = instances
+    _, state = MODEL.apply(a, images, mutable=["intermediates"])
+    acts = state["intermediates"]["conv4"]
+    means = np.asarray(acts.mean(axis=(0, 1, 2)))
+    mask = unit_mask(MODEL, "conv4", [0, 8, 50]) > 0
+    with replace_activations(MODEL, "conv4", mask, means):
+        intercepted = MODEL.apply(a, images)
+    head = MODEL.apply(a, jnp.where(mask, means, acts), from_layer="conv4")
+    np.testing.assert_allclose(intercepted, head, rtol=1e-5, atol=1e-5)

@@ -118,3 +118,33 @@ def test_quad_runs_partition_the_output(n_out, n_in):
             weights = {int(lo[g]): 1 - frac[g, r]}
             weights[int(hi[g])] = weights.get(int(hi[g]), 0) + frac[g, r]
             np.testing.assert_allclose([weights.get(i, 0) for i in range(n_in)], ref[:, y], atol=1e-6)
+
+
+@pytest.mark.parametrize("act_hw, label_hw", [((7, 7), (113, 113)), ((7, 5), (13, 38)), ((5, 3), (38, 37))])
+def test_plateaus_at_the_threshold_count_the_same_in_every_strategy(act_hw, label_hw):
+    """Saturated and quantized activations put whole regions exactly at the threshold."""
+    rng = np.random.default_rng(sum(act_hw) + sum(label_hw))
+    acts, t, pixel, image, category = random_case(rng, n=4, units=4, act_hw=act_hw, label_hw=label_hw, layers=2)
+    acts = np.round(acts * 2) / 2  # quantized: many values equal the threshold
+    acts[:, 0] = np.minimum(acts[:, 0], 0.5)  # saturated at the threshold
+    acts[0, 1] = 0.5  # a constant map equal to the threshold
+    t = np.full(4, 0.5, np.float32)
+    results = [run_tally(acts, t, pixel, image, category, True, s) for s in ("segment", "dense", "sparse")]
+    for other in results[1:]:
+        for x, y in zip(results[0], other):
+            np.testing.assert_array_equal(x, y)
+    ref = reference_counts(acts, t, list(pixel), [set(r[r >= 0].tolist()) for r in image], category, NUM_CATEGORIES)
+    # the float64 reference's weighted sums can round a plateau just above t: those pixels are "ambiguous"
+    assert_counts_match(results[0][0], ref[0], ref[3])
+    assert_counts_match(results[0][1], ref[1], ref[3])
+
+
+@pytest.mark.parametrize("strategy", ["segment", "dense", "sparse"])
+def test_image_level_labels_only(strategy):
+    rng = np.random.default_rng(11)
+    acts, t, pixel, image, category = random_case(rng, n=5, units=3, act_hw=(3, 3), label_hw=(6, 6), layers=1)
+    pixel = pixel[:, :0]  # no pixel-level label layers at all
+    counts = run_tally(acts, t, pixel, image, category, True, strategy)
+    ref = reference_counts(acts, t, list(pixel), [set(r[r >= 0].tolist()) for r in image], category, NUM_CATEGORIES)
+    assert_counts_match(counts[0], ref[0], ref[3])
+    np.testing.assert_array_equal(counts[2], ref[2])

@@ -13,9 +13,11 @@ pair of low-resolution rows (columns). Per batch:
    label layer, and add them into ``intersection[u, c]``.
 
 Each step is compiled per bound; bounds are powers of two, so few programs are compiled.
-Counts are exactly those of :func:`dissectjax.stats.tally.tally` (the same arithmetic per
-pixel: interpolation along rows, then along columns). Every device works on its own
-shard; statistics are summed over the mesh.
+Counts are exactly those of :func:`dissectjax.stats.tally.tally`: a pixel's value comes
+from the same :func:`dissectjax.stats.upsample.lerp` calls in the same order, and a pixel
+whose corners are all at or below the threshold is at or below it too (``lerp`` stays
+within its inputs). Every device works on its own shard; statistics are summed over the
+mesh.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from jax.sharding import PartitionSpec as P
 
 from dissectjax.parallel import DATA, DataParallel, to_host
 from dissectjax.stats.tally import LabelBatch, assemble_counts, prepare_labels
-from dissectjax.stats.upsample import interpolation_matrix
+from dissectjax.stats.upsample import lerp, sample_coords
 
 
 @functools.lru_cache(maxsize=64)
@@ -40,22 +42,19 @@ def quad_runs(n_out: int, n_in: int):
     (weight of ``hi`` for each sample of the run, padded), inside [G, T] (bool: a real
     sample, not padding), and T, the longest run.
     """
-    w = interpolation_matrix(n_out, n_in)
-    s = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0, n_in - 1)
-    lo = np.floor(s).astype(np.int64)
+    lo, hi, sample_frac = sample_coords(n_out, n_in)
     raw = (np.arange(n_out) + 0.5) * n_in / n_out - 0.5
     key = np.stack([lo, raw < 0, raw > n_in - 1], axis=1)  # clamped edges get runs of their own
     breaks = np.flatnonzero(np.any(key[1:] != key[:-1], axis=1)) + 1
     starts = np.concatenate([[0], breaks])
     lengths = np.diff(np.concatenate([starts, [n_out]]))
     longest = int(lengths.max())
-    run_lo = lo[starts]
-    run_hi = np.minimum(run_lo + 1, n_in - 1)
+    run_lo, run_hi = lo[starts], hi[starts]
     frac = np.zeros((len(starts), longest), np.float32)
     inside = np.zeros((len(starts), longest), bool)
     for g, (start, length) in enumerate(zip(starts, lengths)):
         rows = np.arange(start, start + length)
-        frac[g, :length] = w[rows, run_hi[g]] if run_hi[g] != run_lo[g] else 0.0
+        frac[g, :length] = sample_frac[rows]
         inside[g, :length] = True
     return starts, run_lo, run_hi, frac, inside, longest
 
@@ -111,10 +110,10 @@ class SparseTally:
             ok = jnp.arange(bound) < n
             fy, fx = fy_runs[gy], fx_runs[gx]  # [K, T]
             at = (b, gy, gx, u)
-            # along rows, then along columns: the same arithmetic as the dense upsample
-            col_lo = c00[at][:, None] * (1 - fy) + c10[at][:, None] * fy  # [K, Ty]
-            col_hi = c01[at][:, None] * (1 - fy) + c11[at][:, None] * fy
-            values = col_lo[:, :, None] * (1 - fx)[:, None, :] + col_hi[:, :, None] * fx[:, None, :]
+            # along rows, then along columns: the arithmetic of the dense upsample, value for value
+            col_lo = lerp(c00[at][:, None], c10[at][:, None], fy)  # [K, Ty]
+            col_hi = lerp(c01[at][:, None], c11[at][:, None], fy)
+            values = lerp(col_lo[:, :, None], col_hi[:, :, None], fx[:, None, :])
             mask = values > thresholds[u][:, None, None]
             mask &= iy_runs[gy][:, :, None] & ix_runs[gx][:, None, :] & ok[:, None, None]
             batch, units = active.shape[0], active.shape[3]

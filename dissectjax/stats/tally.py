@@ -23,6 +23,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from dissectjax.errors import DissectError
 from dissectjax.stats.upsample import upsample
 
 STRATEGIES = ("segment", "dense", "sparse")
@@ -122,7 +123,9 @@ def tally(
     ids, whole, pixel_count = prepare_labels(labels, num_concepts)
     mask = upsample(acts, (sh, sw)).reshape(batch, pixels, -1) > thresholds  # [B, S, U]
     area = jnp.sum(mask, axis=1, dtype=jnp.int32) * labels.valid[:, None]  # [B, U]
-    if strategy == "segment":
+    if layers == 0:  # image-level categories only
+        pixel_inter = jnp.zeros((area.shape[1], num_concepts), jnp.int32)
+    elif strategy == "segment":
         flat_mask = mask.reshape(batch * pixels, -1).astype(jnp.int32)
         pixel_inter = sum(
             jax.ops.segment_sum(flat_mask, ids[:, layer].reshape(-1), num_segments=num_concepts + 1)
@@ -130,7 +133,10 @@ def tally(
         )[:num_concepts].T
     else:
         if batch * pixels >= _F32_EXACT:
-            raise ValueError(f"batch of {batch} x {pixels} pixels is too large for exact dense tallies")
+            raise DissectError(
+                f"a batch of {batch} images of {sh}x{sw} labels is too large for exact dense tallies "
+                f"(at most {_F32_EXACT - 1} pixels): lower --batch-size to {max(1, (_F32_EXACT - 1) // pixels)}"
+            )
         dtype = jnp.bfloat16  # 0/1 values are exact; accumulation is float32
         onehot = sum(jax.nn.one_hot(ids[:, layer], num_concepts, dtype=dtype) for layer in range(layers))
         pixel_inter = jnp.einsum("bsu,bsc->uc", mask.astype(dtype), onehot, preferred_element_type=jnp.float32)
