@@ -33,7 +33,7 @@ from dissectjax.parallel import DataParallel, to_host
 from dissectjax.stats.labels import UnitLabels, iou, label_units, unique_detectors
 from dissectjax.stats.quantile import RadixSelect, prefix_histogram
 from dissectjax.stats.sparse import SparseTally
-from dissectjax.stats.tally import Counts, LabelBatch, default_strategy, tally
+from dissectjax.stats.tally import STRATEGIES, Counts, LabelBatch, default_strategy, tally
 
 Progress = Callable[..., Iterable]
 
@@ -53,8 +53,8 @@ class DissectConfig:
             raise DissectError(f"--iou-threshold must be between 0 and 1, got {self.iou_threshold}")
         if self.batch_size < 1:
             raise DissectError(f"--batch-size must be positive, got {self.batch_size}")
-        if self.strategy not in (None, "dense", "sparse", "segment"):
-            raise DissectError(f"--strategy must be dense, sparse or segment, got {self.strategy!r}")
+        if self.strategy not in (None, *STRATEGIES):
+            raise DissectError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
 
 
 @dataclasses.dataclass
@@ -208,7 +208,9 @@ def _kernels(parallel: DataParallel):
         ),
         static_argnums=(4, 5, 6),
     )
-    sparse = SparseTally(parallel)
+    sparse = SparseTally(
+        parallel, fallback=lambda a, labels, t, cat, k, cond: dense(a, labels, t, cat, k, cond, "segment")
+    )
 
     def tally_fn(acts, labels, t, cat, num_categories, condition, strategy):
         if strategy == "sparse":

@@ -95,3 +95,12 @@ def test_activation_rows_must_match_dataset(broden_dir):
         ArraySource(random_acts(len(ds) - 1), "layer", len(ds))
     with pytest.raises(DissectError, match="expected 4 axes"):
         ArraySource(np.zeros((len(ds), 3, 4)), "layer", len(ds))
+
+
+def test_sparse_falls_back_when_most_quads_are_active(broden_dir):
+    root, _, _ = broden_dir
+    ds = BrodenDataset(root)
+    source = ArraySource(random_acts(len(ds), seed=6), "layer", len(ds))
+    seg, sparse = (dissect(source, ds, DissectConfig(0.6, strategy=s))["layer"] for s in ("segment", "sparse"))
+    np.testing.assert_array_equal(seg.intersection, sparse.intersection)
+    np.testing.assert_array_equal(seg.unit_area, sparse.unit_area)

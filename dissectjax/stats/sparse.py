@@ -78,10 +78,17 @@ def _active(acts, thresholds, valid, ys, xs):
 
 
 class SparseTally:
-    """The sparse tally on a device mesh; call like :func:`dissectjax.stats.tally.tally`."""
+    """The sparse tally on a device mesh; call like :func:`dissectjax.stats.tally.tally`.
 
-    def __init__(self, parallel: DataParallel):
+    ``fallback`` (same call) takes batches where more than ``dense_share`` of the quads
+    are active (high quantiles): there, compacting costs more than it saves, and the tiles
+    would outgrow the dense mask. Both give identical counts.
+    """
+
+    def __init__(self, parallel: DataParallel, fallback=None, dense_share: float = 0.25):
         self.dp = parallel
+        self.fallback = fallback
+        self.dense_share = dense_share
 
     def _map(self, fn, in_specs, out_specs):
         return jax.jit(jax.shard_map(fn, mesh=self.dp.mesh, in_specs=in_specs, out_specs=out_specs))
@@ -155,6 +162,9 @@ class SparseTally:
         sx, xlo, xhi, fx, ix, _ = quad_runs(sw, w)
         geometry = ((_Static(ylo), _Static(yhi)), (_Static(xlo), _Static(xhi)))
         count = int(to_host(self._count_fn(geometry)(acts, thresholds, labels.valid)))
+        per_device = acts.shape[0] // self.dp.size * len(ylo) * len(xlo) * acts.shape[-1]
+        if self.fallback is not None and count > self.dense_share * per_device:
+            return self.fallback(acts, labels, thresholds, category, num_categories, condition)
         tiles = self._tiles_fn(geometry, (_Static(fy), _Static(iy)), (_Static(fx), _Static(ix)), _bound(count))
         quads, mask, area, masked = tiles(acts, thresholds, labels.valid)
         pixels = self._pixels_fn(tuple(sy.tolist()), tuple(sx.tolist()), _bound(int(to_host(masked))),

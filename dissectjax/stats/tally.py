@@ -115,8 +115,8 @@ def tally(
       strategy: "segment" (segment sums) or "dense" (one-hot matmul, best on GPU/TPU);
         identical results. (The "sparse" strategy is :mod:`dissectjax.stats.sparse`.)
     """
-    if strategy not in ("segment", "dense"):
-        raise ValueError(f"unknown tally strategy {strategy!r}; expected 'segment' or 'dense'")
+    if strategy not in ("segment", "dense"):  # "sparse" lives in dissectjax.stats.sparse
+        raise ValueError(f"tally() computes 'segment' or 'dense', not {strategy!r}")
     batch, layers, sh, sw = labels.pixel.shape
     pixels = sh * sw
     num_concepts = concept_category.shape[0]
