@@ -45,15 +45,18 @@ def layer_data(model: nn.Module, variables, layer: str, images: np.ndarray, labe
 
 
 def balanced_accuracy(confusion: np.ndarray) -> np.ndarray:
-    """[..., K, K] counts (true class, predicted class) -> [..., K]: (recall + specificity) / 2."""
+    """[..., K, K] counts (true class, predicted class) -> [..., K]: (recall + specificity) / 2.
+
+    NaN for a class that has no examples (or is the only class): it was not measured.
+    """
     confusion = np.asarray(confusion, np.float64)
     total = confusion.sum(axis=(-2, -1))[..., None]
     hits = np.diagonal(confusion, axis1=-2, axis2=-1)
     actual = confusion.sum(axis=-1)
     predicted = confusion.sum(axis=-2)
-    recall = np.where(actual > 0, hits / np.maximum(actual, 1), 0.0)
+    recall = np.where(actual > 0, hits / np.maximum(actual, 1), np.nan)
     negatives = total - actual
-    specificity = np.where(negatives > 0, (negatives - (predicted - hits)) / np.maximum(negatives, 1), 0.0)
+    specificity = np.where(negatives > 0, (negatives - (predicted - hits)) / np.maximum(negatives, 1), np.nan)
     return (recall + specificity) / 2
 
 

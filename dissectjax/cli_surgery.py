@@ -32,6 +32,21 @@ def class_names() -> tuple[str, ...]:
     return synthetic.SCENES
 
 
+def _positive(value: int, flag: str) -> int:
+    if value < 1:
+        raise DissectError(f"{flag} must be a positive integer, got {value}")
+    return value
+
+
+def _number(x: float):
+    """A float for CSV/JSON: rounded, or None where it was not measured (NaN)."""
+    return None if np.isnan(x) else round(float(x), 6)
+
+
+def _show(x, spec: str = ".3f") -> str:
+    return "n/a" if x is None or np.isnan(x) else format(x, spec)
+
+
 def _units(text: str | None) -> list[int]:
     if not text:
         return []
@@ -73,6 +88,7 @@ def cmd_ablate(args) -> int:
     from dissectjax.ablation import balanced_accuracy, confusions, layer_data, ranked_units, single_unit_damage
     from dissectjax.surgery import unit_mask, wiring
 
+    _positive(args.images, "--images")
     model, variables, _ = _load(args.checkpoint)
     units_total = wiring(model, args.layer).units
     names = class_names()
@@ -81,7 +97,7 @@ def cmd_ablate(args) -> int:
     if args.single_unit:
         base, damage = single_unit_damage(model, variables, data, args.mode)
         rows = [
-            {"unit": u, "class": names[c], "damage": round(float(damage[u, c]), 6)}
+            {"unit": u, "class": names[c], "damage": _number(damage[u, c])}
             for u in range(units_total)
             for c in range(len(names))
         ]
@@ -91,8 +107,10 @@ def cmd_ablate(args) -> int:
                 [
                     [
                         names[c],
-                        f"{base[c]:.3f}",
-                        ", ".join(f"{u} ({damage[u, c]:.3f})" for u in ranked_units(damage, c)[:5]),
+                        _show(base[c]),
+                        "n/a"
+                        if np.isnan(base[c])
+                        else ", ".join(f"{u} ({damage[u, c]:.3f})" for u in ranked_units(damage, c)[:5]),
                     ]
                     for c in range(len(names))
                 ],
@@ -117,6 +135,8 @@ def cmd_ablate(args) -> int:
         _, damage = single_unit_damage(
             model, variables, layer_data(model, variables, args.layer, rank_x, rank_y), args.mode
         )
+        if not 1 <= args.count <= units_total:
+            raise DissectError(f"--count must be between 1 and {units_total} (the units of {args.layer})")
         units = ranked_units(damage, names.index(args.top_for_class))[: args.count].tolist()
         print(f"units most damaging to {args.top_for_class} on the rank split: {units}", file=sys.stderr)
     else:
@@ -128,18 +148,18 @@ def cmd_ablate(args) -> int:
         confusions(model, variables, data, np.stack([np.zeros_like(mask), mask]), args.mode)
     )
     rows = [
-        {"class": n, "before": round(float(b), 6), "after": round(float(a), 6), "change": round(float(a - b), 6)}
+        {"class": n, "before": _number(b), "after": _number(a), "change": _number(a - b)}
         for n, b, a in zip(names, before, after)
     ]
     print(
         _table(
             ["class", "before", "after", "change"],
-            [[r["class"], f"{r['before']:.3f}", f"{r['after']:.3f}", f"{r['change']:+.3f}"] for r in rows],
+            [[r["class"], _show(r["before"]), _show(r["after"]), _show(r["change"], "+.3f")] for r in rows],
         )
     )
     print(
-        f"mean balanced accuracy {before.mean():.3f} -> {after.mean():.3f} ({len(units)} of {units_total} units "
-        f"of {args.layer}, {args.mode})"
+        f"mean balanced accuracy {np.nanmean(before):.3f} -> {np.nanmean(after):.3f} ({len(units)} of "
+        f"{units_total} units of {args.layer}, {args.mode}; classes without images: n/a, left out)"
     )
     _write(args.out, "ablation", rows, {"layer": args.layer, "units": units, "mode": args.mode, "images": args.images})
     return 0
@@ -150,6 +170,7 @@ def cmd_match(args) -> int:
     from dissectjax.matching import layer_matching
     from dissectjax.surgery import wiring
 
+    _positive(args.images, "--images")
     model_a, vars_a, _ = _load(args.a)
     model_b, vars_b, _ = _load(args.b)
     wiring(model_a, args.layer), wiring(model_b, args.layer)
@@ -191,9 +212,10 @@ def cmd_match(args) -> int:
 def cmd_transplant(args) -> int:
     from dissectjax.checkpoint import save_checkpoint
     from dissectjax.matching import layer_matching
-    from dissectjax.surgery import transplant, wiring
+    from dissectjax.surgery import transplant, unit_mask, wiring
     from dissectjax.train import accuracy
 
+    _positive(args.images, "--images")
     model_a, vars_a, config_a = _load(args.source)
     model_b, vars_b, config_b = _load(args.target)
     if config_a["model"] != config_b["model"] or config_a.get("model_kwargs") != config_b.get("model_kwargs"):
@@ -206,6 +228,9 @@ def cmd_transplant(args) -> int:
     units = _units(args.units)
     if not units:
         raise DissectError("--units is required (comma-separated unit numbers of the source)")
+    unit_mask(model_a, args.layer, units)  # validates the unit numbers
+    if args.matched and args.slots:
+        raise DissectError("give either --slots or --matched, not both")
     images, labels = scene_images(args.images, "eval")
     matching = layer_matching(model_a, vars_a, model_b, vars_b, args.layer, images) if args.matched else None
     if args.matched:
@@ -243,7 +268,7 @@ def cmd_transplant(args) -> int:
             "outgoing": args.outgoing,
             "matched": args.matched,
         },
-        val_accuracy=round(after, 4),
+        eval_accuracy=round(after, 4),
     )
     print(f"saved {args.out}")
     return 0

@@ -37,6 +37,8 @@ class Correlation:
         self._sums = m if self._sums is None else [s + x for s, x in zip(self._sums, m)]
 
     def result(self) -> np.ndarray:
+        if self._sums is None:
+            raise ValueError("no activations were added")
         n, sa, sb, saa, sbb, sab = self._sums
         cov = sab / n - np.outer(sa / n, sb / n)
         var_a = np.maximum(saa / n - (sa / n) ** 2, 0.0)

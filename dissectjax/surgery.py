@@ -160,6 +160,8 @@ def replace_activations(model: nn.Module, layer: str, mask: jax.Array, values: j
     itself, so ``values`` must be non-negative.
     """
     w = wiring(model, layer)
+    if np.shape(mask) != (w.units,) or np.shape(values) != (w.units,):
+        raise DissectError(f"mask and values must have shape ({w.units},) for layer {layer}")
     mask = jnp.asarray(mask, bool)
     values = jnp.maximum(jnp.asarray(values, jnp.float32), 0.0)
 

@@ -150,6 +150,12 @@ def test_bad_requests_are_clear_errors(instances):
         wiring(build_model("resnet18"), "layer4")
 
 
+def test_balanced_accuracy_of_an_absent_class_is_not_a_number():
+    conf = np.array([[5, 1, 0], [2, 4, 0], [0, 0, 0]])
+    ba = balanced_accuracy(conf)
+    assert np.isnan(ba[2]) and not np.isnan(ba[:2]).any()
+
+
 def test_balanced_accuracy_matches_definition():
     rng = np.random.default_rng(0)
     truth, pred = rng.integers(0, 4, 500), rng.integers(0, 4, 500)
