@@ -1,0 +1,56 @@
+"""The rotation test: Q^a is a rotation path from I to Q; a = 0 is the plain dissection."""
+
+import os
+
+import numpy as np
+import pytest
+
+from dissectjax.checkpoint import load_checkpoint
+from dissectjax.chimera import RotatedSource, point_name, random_rotation, rotation_power
+from dissectjax.cli import default_checkpoint_dir
+from dissectjax.data import synthetic
+from dissectjax.data.broden import BrodenDataset
+from dissectjax.dissect import DissectConfig, dissect
+from dissectjax.sources import ArraySource, ModelSource
+
+
+@pytest.mark.parametrize("units", [2, 5, 16, 33])
+def test_fractional_powers_of_a_random_rotation(units):
+    q = random_rotation(units, seed=units)
+    np.testing.assert_allclose(q @ q.T, np.eye(units), atol=1e-10)
+    assert np.linalg.det(q) == pytest.approx(1.0)
+    np.testing.assert_array_equal(rotation_power(q, 0.0), np.eye(units))
+    np.testing.assert_allclose(rotation_power(q, 1.0), q, atol=1e-9)
+    half = rotation_power(q, 0.5)
+    np.testing.assert_allclose(half @ half.T, np.eye(units), atol=1e-9)
+    np.testing.assert_allclose(half @ half, q, atol=1e-9)
+    np.testing.assert_allclose(rotation_power(q, 0.25) @ rotation_power(q, 0.5), rotation_power(q, 0.75), atol=1e-9)
+    assert np.linalg.det(rotation_power(q, 0.3)) == pytest.approx(1.0)
+
+
+def test_alpha_zero_is_the_plain_dissection_and_rotations_differ(broden_dir):
+    root, _, _ = broden_dir
+    ds = BrodenDataset(root)
+    acts = np.random.default_rng(0).gamma(2.0, size=(len(ds), 6, 4, 4)).astype(np.float32)
+    base = ArraySource(acts, "layer", len(ds))
+    config = DissectConfig(0.05, batch_size=8)
+    plain = dissect(base, ds, config)["layer"]
+    rotated = dissect(RotatedSource(base, "layer", [0.0, 1.0], [3]), ds, config)
+    zero = rotated[point_name("layer", 0.0, 3)]
+    np.testing.assert_array_equal(zero.thresholds, plain.thresholds)
+    np.testing.assert_array_equal(zero.intersection, plain.intersection)
+    np.testing.assert_array_equal(zero.unit_area, plain.unit_area)
+    assert not np.array_equal(rotated[point_name("layer", 1.0, 3)].intersection, plain.intersection)
+
+
+def test_rotations_of_a_trained_layer_are_dissected_in_one_run(tmp_path):
+    model, variables, meta = load_checkpoint(os.path.join(default_checkpoint_dir(), "scenenet"))
+    probe = BrodenDataset(synthetic.ensure_broden(synthetic.SyntheticConfig(size=200, seed=1), cache_dir=str(tmp_path)))
+    base = ModelSource(model, variables, ["conv5"], tuple(meta["input_shape"]))
+    source = RotatedSource(base, "conv5", [0, 1], [0, 1])
+    results = dissect(source, probe, DissectConfig(batch_size=100))
+    plain = dissect(base, probe, DissectConfig(batch_size=100))["conv5"]
+    np.testing.assert_array_equal(results[point_name("conv5", 0, 1)].intersection, plain.intersection)
+    turned = results[point_name("conv5", 1, 0)]
+    changed = np.mean(turned.labels.label != plain.labels.label)
+    assert changed > 0.5  # the rotated basis is another set of directions, dissected afresh
