@@ -57,25 +57,51 @@ def point_name(layer: str, a: float, seed: int) -> str:
     return f"{layer}@a={a:g},seed={seed}"
 
 
-class RotatedSource:
-    """Rotations Q_seed^a of one layer of a base source, as many layers of one dissection."""
+def random_directions(units: int, count: int, seed: int) -> np.ndarray:
+    """float64 [U, count]: independent random unit-norm directions of the channel space."""
+    d = np.random.default_rng(seed).normal(size=(units, count))
+    return d / np.linalg.norm(d, axis=0, keepdims=True)
 
-    def __init__(self, base, layer: str, alphas, seeds):
+
+class ProjectedSource:
+    """Linear views of one layer of a base source, each dissected as a layer of its own.
+
+    ``views`` maps a name to a matrix [U, V]: the view's V "units" are the projections
+    ``x @ matrix`` of the channel vector x at every position. The base model runs once per
+    batch for all views.
+    """
+
+    def __init__(self, base, layer: str, views: dict[str, np.ndarray]):
         if layer not in base.layers:
             raise ValueError(f"layer {layer!r} is not computed by the base source ({base.layers})")
+        units = base.units[layer]
+        for name, m in views.items():
+            if m.ndim != 2 or m.shape[0] != units:
+                raise ValueError(f"view {name!r} has shape {m.shape}; expected [{units}, V]")
         self.base, self.layer = base, layer
         self.needs_images = base.needs_images
-        units = base.units[layer]
-        self.points = [(float(a), int(s)) for s in seeds for a in alphas]
-        self.layers = [point_name(layer, a, s) for a, s in self.points]
-        self.units = {name: units for name in self.layers}
-        rotations = {s: random_rotation(units, s) for s in seeds}
-        # x' = Q^a x at every position: a [P, U, U] stack applied as x @ (Q^a)^T
-        self._matrices = jnp.asarray(np.stack([rotation_power(rotations[s], a).T for a, s in self.points]),
-                                     jnp.float32)  # fmt: skip
-        self._rotate = jax.jit(lambda x, m: jnp.einsum("bhwu,puv->pbhwv", x, m, precision=jax.lax.Precision.HIGHEST))
+        self.layers = list(views)
+        self.units = {name: m.shape[1] for name, m in views.items()}
+        self._matrices = {name: jnp.asarray(m, jnp.float32) for name, m in views.items()}
+        self._project = jax.jit(lambda x, m: jnp.einsum("bhwu,uv->bhwv", x, m, precision=jax.lax.Precision.HIGHEST))
 
     def activations(self, batch: ProbeBatch, parallel: DataParallel) -> dict[str, jax.Array]:
         acts = self.base.activations(batch, parallel)[self.layer]
-        rotated = self._rotate(acts, self._matrices)
-        return {name: rotated[i] for i, name in enumerate(self.layers)}
+        return {name: self._project(acts, m) for name, m in self._matrices.items()}
+
+
+def rotations(layer: str, units: int, alphas, seeds) -> dict[str, np.ndarray]:
+    """Views x -> Q_seed^a x for every (a, seed), named by :func:`point_name`."""
+    out = {}
+    for s in seeds:
+        q = random_rotation(units, s)
+        for a in alphas:
+            out[point_name(layer, float(a), int(s))] = rotation_power(q, float(a)).T
+    return out
+
+
+def RotatedSource(base, layer: str, alphas, seeds) -> ProjectedSource:
+    """Rotations Q_seed^a of one layer of ``base``, as many layers of one dissection."""
+    if layer not in base.layers:
+        raise ValueError(f"layer {layer!r} is not computed by the base source ({base.layers})")
+    return ProjectedSource(base, layer, rotations(layer, base.units[layer], alphas, seeds))

@@ -6,7 +6,7 @@ For each seed, a random rotation Q of conv5's 128-dimensional channel space and 
 fractional powers Q^a; each rotated layer is dissected afresh (thresholds, IoU, labels),
 all points in one run. Prints detectors and unique detectors (mean +- std over seeds) per
 a, for the trained network and for the same architecture at random initialization, and
-writes a plot.
+writes a plot. Also dissects random unit-norm directions (not orthogonal) beside the units.
 """
 
 import argparse
@@ -14,7 +14,7 @@ import argparse
 import numpy as np
 
 from dissectjax.checkpoint import init_variables, load_checkpoint
-from dissectjax.chimera import RotatedSource, point_name
+from dissectjax.chimera import ProjectedSource, point_name, random_directions, rotations
 from dissectjax.data import synthetic
 from dissectjax.data.broden import BrodenDataset
 from dissectjax.dissect import DissectConfig, dissect
@@ -28,6 +28,7 @@ def main():
     p.add_argument("--images", type=int, default=1000)
     p.add_argument("--alphas", default="0,0.25,0.5,0.75,1")
     p.add_argument("--seeds", default="0,1,2")
+    p.add_argument("--directions", type=int, default=128, help="random unit-norm directions to dissect beside")
     p.add_argument("--plot", default="rotation_test.png")
     a = p.parse_args()
     alphas = [float(x) for x in a.alphas.split(",")]
@@ -38,7 +39,11 @@ def main():
     cats = list(probe.concepts.categories)
     curves = {}
     for tag, variables in (("trained", trained), ("random init", init_variables(model, shape, seed=0))):
-        source = RotatedSource(ModelSource(model, variables, [a.layer], shape), a.layer, alphas, seeds)
+        base = ModelSource(model, variables, [a.layer], shape)
+        units = base.units[a.layer]
+        views = rotations(a.layer, units, alphas, seeds)
+        views["random directions"] = random_directions(units, a.directions, seed=100)
+        source = ProjectedSource(base, a.layer, views)
         results = dissect(source, probe, DissectConfig(batch_size=100))
         print(f"\n{tag} SceneNet {a.layer}: rotation Q^a, {len(seeds)} seeds, {a.images} probe images")
         print(f"{'a':>5} {'detectors':>14} {'unique':>12} {'mean IoU':>9} " + " ".join(f"{c:>9}" for c in cats))
@@ -55,6 +60,13 @@ def main():
                 f"{iou:9.3f} " + " ".join(f"{x:9.1f}" for x in per_cat)
             )
         curves[tag] = rows
+        own, rand = results[point_name(a.layer, 0.0, seeds[0])], results["random directions"]
+        print(
+            f"{a.directions} random unit-norm directions: {rand.detectors} detectors "
+            f"({rand.detectors / rand.units:.0%}), {rand.unique['total']} unique, mean IoU "
+            f"{rand.labels.score.mean():.3f}; the {own.units} units: {own.detectors} "
+            f"({own.detectors / own.units:.0%}), {own.unique['total']} unique, mean IoU {own.labels.score.mean():.3f}"
+        )
     import matplotlib
 
     matplotlib.use("Agg")
@@ -65,7 +77,7 @@ def main():
         rows = np.array(rows)
         ax.errorbar(rows[:, 0], rows[:, 1], yerr=rows[:, 2], marker="o", capsize=3, label=f"{tag}: detectors")
         ax.plot(rows[:, 0], rows[:, 3], "--", marker="s", label=f"{tag}: unique")
-    ax.set(xlabel="rotation power a", ylabel=f"{a.layer} (of {source.units[source.layers[0]]} units)")
+    ax.set(xlabel="rotation power a", ylabel=f"{a.layer} (of {units} units)")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(a.plot, dpi=120)

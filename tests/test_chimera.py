@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from dissectjax.checkpoint import load_checkpoint
-from dissectjax.chimera import RotatedSource, point_name, random_rotation, rotation_power
+from dissectjax.chimera import (
+    ProjectedSource,
+    RotatedSource,
+    point_name,
+    random_directions,
+    random_rotation,
+    rotation_power,
+)
 from dissectjax.cli import default_checkpoint_dir
 from dissectjax.data import synthetic
 from dissectjax.data.broden import BrodenDataset
@@ -54,3 +61,19 @@ def test_rotations_of_a_trained_layer_are_dissected_in_one_run(tmp_path):
     turned = results[point_name("conv5", 1, 0)]
     changed = np.mean(turned.labels.label != plain.labels.label)
     assert changed > 0.5  # the rotated basis is another set of directions, dissected afresh
+
+
+def test_random_directions_are_unit_norm_projections(broden_dir):
+    root, _, _ = broden_dir
+    ds = BrodenDataset(root)
+    acts = np.random.default_rng(1).gamma(2.0, size=(len(ds), 6, 4, 4)).astype(np.float32)
+    d = random_directions(6, 9, seed=0)
+    np.testing.assert_allclose(np.linalg.norm(d, axis=0), 1.0)
+    base = ArraySource(acts, "layer", len(ds))
+    views = {"own": np.eye(6)[:, [2]], "random": d}
+    results = dissect(ProjectedSource(base, "layer", views), ds, DissectConfig(0.05, batch_size=8))
+    plain = dissect(base, ds, DissectConfig(0.05, batch_size=8))["layer"]
+    assert results["random"].units == 9
+    np.testing.assert_array_equal(results["own"].intersection[0], plain.intersection[2])  # unit 2 as a direction
+    with pytest.raises(ValueError, match="expected"):
+        ProjectedSource(base, "layer", {"bad": np.ones((5, 2))})
