@@ -77,3 +77,21 @@ def test_random_directions_are_unit_norm_projections(broden_dir):
     np.testing.assert_array_equal(results["own"].intersection[0], plain.intersection[2])  # unit 2 as a direction
     with pytest.raises(ValueError, match="expected"):
         ProjectedSource(base, "layer", {"bad": np.ones((5, 2))})
+
+
+def test_learned_combinations_recover_planted_directions():
+    from dissectjax.multiunit import fit_concepts, top_k_views
+
+    rng = np.random.default_rng(0)
+    x = rng.gamma(2.0, size=(4000, 12)).astype(np.float32) * np.linspace(0.5, 3, 12, dtype=np.float32)
+    truth = rng.normal(size=(12, 3))
+    y = (x - x.mean(0)) / x.std(0) @ truth > 1.0
+    w = fit_concepts(x, y, steps=400)
+    for c in range(3):
+        direction = w[:, c] * x.std(0)  # back to the standardized space the concept was defined in
+        cosine = direction @ truth[:, c] / np.linalg.norm(direction) / np.linalg.norm(truth[:, c])
+        assert cosine > 0.9, cosine
+    iou = rng.random((12, 3))
+    views = top_k_views(iou, np.ones(12), ks=(1, 4))
+    np.testing.assert_array_equal(np.flatnonzero(views["top-1"][:, 0]), [np.argmax(iou[:, 0])])
+    assert set(np.flatnonzero(views["top-4"][:, 2])) == set(np.argsort(-iou[:, 2])[:4])
