@@ -95,3 +95,19 @@ def test_learned_combinations_recover_planted_directions():
     views = top_k_views(iou, np.ones(12), ks=(1, 4))
     np.testing.assert_array_equal(np.flatnonzero(views["top-1"][:, 0]), [np.argmax(iou[:, 0])])
     assert set(np.flatnonzero(views["top-4"][:, 2])) == set(np.argsort(-iou[:, 2])[:4])
+
+
+def test_rotated_dissection_equals_dissecting_numpy_rotated_activations(broden_dir):
+    root, _, _ = broden_dir
+    ds = BrodenDataset(root)
+    acts = np.random.default_rng(2).gamma(2.0, size=(len(ds), 6, 4, 4)).astype(np.float32)
+    q = rotation_power(random_rotation(6, 5), 0.6)
+    rotated = np.einsum("nuhw,vu->nvhw", acts.astype(np.float64), q).astype(np.float32)  # Q^a x at each position
+    config = DissectConfig(0.05, batch_size=8)
+    numpy_side = dissect(ArraySource(rotated, "layer", len(ds)), ds, config)["layer"]
+    ours = dissect(RotatedSource(ArraySource(acts, "layer", len(ds)), "layer", [0.6], [5]), ds, config)
+    ours = ours[point_name("layer", 0.6, 5)]
+    np.testing.assert_allclose(ours.thresholds, numpy_side.thresholds, rtol=1e-5)
+    # counts agree up to pixels within float32 rounding of a threshold
+    assert np.abs(ours.intersection - numpy_side.intersection).max() <= 3
+    np.testing.assert_array_equal(ours.labels.label, numpy_side.labels.label)
