@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dissectjax.data.probe import batch_plan, iterate_batches
+from dissectjax.data.probe import batch_plan, concept_presence, iterate_batches
 from dissectjax.parallel import DataParallel, to_host
 from dissectjax.stats.upsample import upsample
 
@@ -38,18 +38,11 @@ def collect_masks(source, probe, layer: str, thresholds: np.ndarray, batch_size:
     plan = batch_plan(probe, parallel.global_batch_size(batch_size))
     t = np.asarray(thresholds, np.float32)
     for batch in iterate_batches(probe, plan, images=source.needs_images, labels=True):
-        _, layers, sh, sw = batch.labels.pixel.shape
+        _, _, sh, sw = batch.labels.pixel.shape
         up = to_host(upsample(source.activations(batch, parallel)[layer], (sh, sw)))
         valid = np.flatnonzero(batch.valid)
         units.append((up[valid] > t).reshape(len(valid) * sh * sw, -1))
-        labels = batch.labels.pixel[valid].reshape(len(valid), layers, sh * sw)
-        present = np.zeros((len(valid), sh * sw, num_concepts + 1), bool)
-        ids = np.where(labels < 0, num_concepts, labels).transpose(0, 2, 1)  # [n, S, L]
-        present[np.arange(len(valid))[:, None, None], np.arange(sh * sw)[None, :, None], ids] = True
-        for j, i in enumerate(valid):
-            whole = batch.labels.image[i]
-            present[j, :, whole[whole >= 0]] = True
-        concepts.append(present[:, :, :num_concepts].reshape(len(valid) * sh * sw, -1))
+        concepts.append(concept_presence(batch.labels, num_concepts).reshape(len(valid) * sh * sw, -1))
     return _pack(np.concatenate(units).T), _pack(np.concatenate(concepts).T)
 
 

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dissectjax.data.probe import batch_plan, iterate_batches
+from dissectjax.data.probe import batch_plan, concept_presence, iterate_batches
 from dissectjax.parallel import DataParallel, to_host
 from dissectjax.stats.upsample import upsample
 
@@ -27,19 +27,14 @@ def pixel_samples(source, probe, layer: str, per_image: int = 64, seed: int = 0,
     xs, ys = [], []
     plan = batch_plan(probe, parallel.global_batch_size(batch_size))
     for batch in iterate_batches(probe, plan, images=source.needs_images, labels=True):
-        _, layers, sh, sw = batch.labels.pixel.shape
-        up = to_host(upsample(source.activations(batch, parallel)[layer], (sh, sw))).reshape(
-            len(batch.index), sh * sw, -1
-        )
-        for j in np.flatnonzero(batch.valid):
+        _, _, sh, sw = batch.labels.pixel.shape
+        up = to_host(upsample(source.activations(batch, parallel)[layer], (sh, sw)))
+        up = up.reshape(len(batch.index), sh * sw, -1)[batch.valid]
+        present = concept_presence(batch.labels, num_concepts)
+        for j in range(len(present)):
             at = rng.choice(sh * sw, min(per_image, sh * sw), replace=False)
-            present = np.zeros((len(at), num_concepts + 1), bool)
-            labels = batch.labels.pixel[j].reshape(layers, -1)[:, at]
-            present[np.arange(len(at))[:, None], np.where(labels < 0, num_concepts, labels).T] = True
-            whole = batch.labels.image[j]
-            present[:, whole[whole >= 0]] = True
             xs.append(up[j, at])
-            ys.append(present[:, :num_concepts])
+            ys.append(present[j, at])
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys)
 
 

@@ -70,6 +70,25 @@ def normalize_labels(pixel: np.ndarray, image: np.ndarray) -> np.ndarray:
     return pixel
 
 
+def concept_presence(labels: LabelBatch, num_concepts: int) -> np.ndarray:
+    """bool [n, S, C]: which concepts cover each pixel of the batch's valid rows.
+
+    A pixel has a concept if any label layer holds it, or if it is an image-level label of
+    the row (covering every pixel), as in the counts of DESIGN.md section 5.
+    """
+    valid = np.flatnonzero(labels.valid)
+    n, layers = len(valid), labels.pixel.shape[1]
+    pixels = int(np.prod(labels.pixel.shape[2:]))
+    ids = np.asarray(labels.pixel[valid]).reshape(n, layers, pixels)
+    ids = np.where(ids < 0, num_concepts, ids).transpose(0, 2, 1)  # [n, S, L]; num_concepts = none
+    present = np.zeros((n, pixels, num_concepts + 1), bool)
+    present[np.arange(n)[:, None, None], np.arange(pixels)[None, :, None], ids] = True
+    for j, row in enumerate(valid):
+        whole = np.asarray(labels.image[row])
+        present[j, :, whole[whole >= 0]] = True
+    return present[:, :, :num_concepts]
+
+
 def shape_buckets(ds: ProbeDataset, rows: np.ndarray | None = None) -> list[np.ndarray]:
     """Row indices grouped by (ih, iw, sh, sw), each group in dataset order."""
     rows = np.arange(len(ds)) if rows is None else np.asarray(rows)
