@@ -45,6 +45,7 @@ class DissectConfig:
     condition: bool = True
     batch_size: int = 64  # per device: the global batch is batch_size x device count
     strategy: str | None = None  # tally strategy; None picks by backend
+    top_k: int = 8  # images kept per unit: the highest maximum activations
 
     def __post_init__(self):
         if not 0.0 < self.quantile < 1.0:
@@ -53,6 +54,8 @@ class DissectConfig:
             raise DissectError(f"--iou-threshold must be between 0 and 1, got {self.iou_threshold}")
         if self.batch_size < 1:
             raise DissectError(f"--batch-size must be positive, got {self.batch_size}")
+        if self.top_k < 0:
+            raise DissectError(f"top_k must be 0 or more, got {self.top_k}")
         if self.strategy not in (None, *STRATEGIES):
             raise DissectError(f"--strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
 
@@ -75,6 +78,8 @@ class LayerResult:
     condition: bool
     images: int
     seconds: float
+    top_images: np.ndarray | None = None  # int64 [U, k]: dataset rows, highest maximum first (-1: none)
+    top_activations: np.ndarray | None = None  # float32 [U, k]: those maxima
 
     @property
     def units(self) -> int:
@@ -190,11 +195,42 @@ def _no_progress(iterable, **_):
     return iterable
 
 
+class TopImages:
+    """Per unit, the k rows with the highest maximum activation (ties: the lower row).
+
+    A total order on (value, row) makes the result independent of batching and order.
+    """
+
+    def __init__(self, units: int, k: int):
+        self.rows = np.full((units, k), -1, np.int64)
+        self.values = np.full((units, k), -np.inf, np.float32)
+
+    def add(self, maxima: np.ndarray, rows: np.ndarray) -> None:
+        """maxima float [B, U] of the batch's rows int [B] (-1 for padding)."""
+        k = self.rows.shape[1]
+        values = np.where(rows[:, None] >= 0, maxima, -np.inf).T.astype(np.float32)  # [U, B]
+        ids = np.broadcast_to(np.where(rows >= 0, rows, np.iinfo(np.int64).max), values.shape)
+        all_values = np.concatenate([self.values, values], axis=1)
+        all_rows = np.concatenate([np.where(self.rows >= 0, self.rows, np.iinfo(np.int64).max), ids], axis=1)
+        order = np.lexsort((all_rows, -all_values), axis=-1)[:, :k]
+        self.values = np.take_along_axis(all_values, order, axis=1)
+        rows_kept = np.take_along_axis(all_rows, order, axis=1)
+        self.rows = np.where(np.isfinite(self.values), rows_kept, -1)
+
+    def flush(self):
+        return self.rows, self.values
+
+    def load(self, saved) -> None:
+        if saved is not None:
+            self.rows, self.values = (np.asarray(x) for x in saved)
+
+
 @functools.lru_cache(maxsize=8)
 def _kernels(parallel: DataParallel):
-    """The per-batch kernels for a mesh: (histogram, tally), reduced over devices.
+    """The per-batch kernels for a mesh: (histogram, tally, image_max), reduced over devices.
 
-    ``tally(acts, labels, thresholds, category, num_categories, condition, strategy)``.
+    ``tally(acts, labels, thresholds, category, num_categories, condition, strategy)``;
+    ``image_max(acts)`` is each image's maximum per unit [B, U], replicated to every process.
     """
     hist = parallel.reduce(prefix_histogram, 2, _HISTOGRAM)
     histogram = jax.jit(
@@ -211,13 +247,14 @@ def _kernels(parallel: DataParallel):
     sparse = SparseTally(
         parallel, fallback=lambda a, labels, t, cat, k, cond: dense(a, labels, t, cat, k, cond, "segment")
     )
+    image_max = jax.jit(lambda a: jnp.max(a, axis=(1, 2)), out_shardings=parallel.replicated)  # [B, U] everywhere
 
     def tally_fn(acts, labels, t, cat, num_categories, condition, strategy):
         if strategy == "sparse":
             return sparse(acts, labels, t, cat, num_categories, condition)
         return dense(acts, labels, t, cat, num_categories, condition, strategy)
 
-    return histogram, tally_fn
+    return histogram, tally_fn, image_max
 
 
 class _Run:
@@ -231,7 +268,8 @@ class _Run:
         self.plan = batch_plan(probe, parallel.global_batch_size(config.batch_size))
         self.layers = list(source.layers)
         self.select = {name: RadixSelect(source.units[name], config.quantile) for name in self.layers}
-        self._histogram, self._tally = _kernels(parallel)
+        self._histogram, self._tally, self._image_max = _kernels(parallel)
+        self.top = {name: TopImages(source.units[name], config.top_k) for name in self.layers}
 
     # batches: this process's rows of every global batch, sharded onto the mesh
     def _batches(self, start: int, labels: bool, desc: str):
@@ -248,7 +286,7 @@ class _Run:
             if self.dp.is_main:
                 self.resume.save(state)
 
-    def _state(self, stage: str, batch: int, accumulators: dict[str, _Accumulator]) -> dict:
+    def _state(self, stage: str, batch: int, accumulators: dict) -> dict:
         """Everything needed to continue from ``batch`` of the current pass."""
         state = {"stage": np.array(stage), "batch": np.array(batch), **self._select_state()}
         for name, acc in accumulators.items():
@@ -323,6 +361,7 @@ class _Run:
             start = int(saved["batch"])
             for name in self.layers:
                 acc[name].total = _unflatten(f"tally/{name}", _COUNTS, saved)
+                self.top[name].load(_unflatten(f"tally/{name}/top", (0, 0), saved))
 
         for i, batch in enumerate(self._batches(start, True, "tally"), start=start):
             acts = self._activations(batch)
@@ -332,7 +371,10 @@ class _Run:
                 counts = self._tally(acts[name], labels, device_thresholds[name], category, concepts.num_categories,
                                      self.config.condition, strategy)  # fmt: skip
                 acc[name].add(counts, labels.pixel.shape[0] * sh * sw)  # no count outgrows the pixels
-            self._maybe_save(functools.partial(self._state, "tally", i + 1, acc))
+                if self.config.top_k:
+                    self.top[name].add(to_host(self._image_max(acts[name])), self.plan[i])
+            tops = {f"{name}/top": self.top[name] for name in self.layers}
+            self._maybe_save(functools.partial(self._state, "tally", i + 1, {**acc, **tops}))
         return {name: Counts(*acc[name].flush()) for name in self.layers}
 
 
@@ -376,5 +418,7 @@ def dissect(
             condition=config.condition,
             images=len(probe),
             seconds=seconds,
+            top_images=run.top[name].rows if config.top_k else None,
+            top_activations=run.top[name].values if config.top_k else None,
         )
     return results

@@ -100,8 +100,12 @@ def write_units(path: str, result: LayerResult) -> None:
 
 
 def write_counts(path: str, result: LayerResult) -> None:
+    top = {}
+    if result.top_images is not None:
+        top = {"top_images": result.top_images, "top_activations": result.top_activations}
     np.savez(
         path,
+        **top,
         thresholds=np.asarray(result.thresholds, np.float32),
         intersection=result.intersection.astype(np.int64),
         unit_area=result.unit_area.astype(np.int64),

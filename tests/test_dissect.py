@@ -104,3 +104,19 @@ def test_sparse_falls_back_when_most_quads_are_active(broden_dir):
     seg, sparse = (dissect(source, ds, DissectConfig(0.6, strategy=s))["layer"] for s in ("segment", "sparse"))
     np.testing.assert_array_equal(seg.intersection, sparse.intersection)
     np.testing.assert_array_equal(seg.unit_area, sparse.unit_area)
+
+
+def test_top_images_are_the_highest_maxima(broden_dir):
+    root, _, _ = broden_dir
+    ds = BrodenDataset(root)
+    acts = random_acts(len(ds), seed=7)
+    acts[5, 0] = acts[9, 0] = 100.0  # a tie: the lower row comes first
+    results = [dissect(ArraySource(acts, "layer", len(ds)), ds, DissectConfig(0.05, batch_size=b, top_k=4))["layer"]
+               for b in (3, 64)]  # fmt: skip
+    maxima = acts.max(axis=(2, 3))  # [N, U]
+    for u in range(acts.shape[1]):
+        expected = sorted(range(len(ds)), key=lambda i: (-maxima[i, u], i))[:4]
+        np.testing.assert_array_equal(results[0].top_images[u], expected)
+        np.testing.assert_allclose(results[0].top_activations[u], maxima[expected, u])
+    np.testing.assert_array_equal(results[0].top_images, results[1].top_images)  # batching does not matter
+    assert list(results[0].top_images[0, :2]) == [5, 9]

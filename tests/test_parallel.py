@@ -28,7 +28,7 @@ def finish(proc):
 def assert_identical(a, b, layers):
     for layer in layers:
         x, y = np.load(a / layer / "counts.npz"), np.load(b / layer / "counts.npz")
-        for key in ("thresholds", "intersection", "unit_area", "concept_area", "iou"):
+        for key in ("thresholds", "intersection", "unit_area", "concept_area", "iou", "top_images", "top_activations"):
             np.testing.assert_array_equal(x[key], y[key], err_msg=f"{layer}/{key}")
         assert (a / layer / "units.csv").read_text() == (b / layer / "units.csv").read_text()
 
