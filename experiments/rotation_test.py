@@ -30,6 +30,7 @@ def main():
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--directions", type=int, default=128, help="random unit-norm directions to dissect beside")
     p.add_argument("--plot", default="rotation_test.png")
+    p.add_argument("--strip", default="top_images.png", help="top images of the best units and random directions")
     a = p.parse_args()
     alphas = [float(x) for x in a.alphas.split(",")]
     seeds = [int(x) for x in a.seeds.split(",")]
@@ -60,6 +61,8 @@ def main():
                 f"{iou:9.3f} " + " ".join(f"{x:9.1f}" for x in per_cat)
             )
         curves[tag] = rows
+        if tag == "trained":
+            write_strips(a.strip, probe, results[point_name(a.layer, 0.0, seeds[0])], results["random directions"])
         own, rand = results[point_name(a.layer, 0.0, seeds[0])], results["random directions"]
         print(
             f"{a.directions} random unit-norm directions: {rand.detectors} detectors "
@@ -82,6 +85,27 @@ def main():
     fig.tight_layout()
     fig.savefig(a.plot, dpi=120)
     print(f"wrote {a.plot}")
+
+
+def write_strips(path, probe, units, directions, rows=4):
+    """A grid of top-activating probe images: the best detectors' rows, then random directions'."""
+    from PIL import Image, ImageDraw
+
+    picks = [("unit", units, u) for u in np.argsort(-units.labels.score)[:rows]]
+    picks += [("direction", directions, d) for d in np.argsort(-directions.labels.score)[:rows]]
+    k = units.top_images.shape[1]
+    size = probe.image_size(0)[0]
+    label_width = 170
+    grid = Image.new("RGB", (label_width + k * (size + 2), len(picks) * (size + 2)), "white")
+    draw = ImageDraw.Draw(grid)
+    for r, (kind, result, i) in enumerate(picks):
+        name = probe.concepts.names[result.labels.label[i]]
+        draw.text((4, r * (size + 2) + size // 3), f"{kind} {i}: {name} {result.labels.score[i]:.2f}", fill="black")
+        for j, row in enumerate(result.top_images[i]):
+            if row >= 0:
+                grid.paste(Image.fromarray(probe.load_image(int(row))), (label_width + j * (size + 2), r * (size + 2)))
+    grid.save(path)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
