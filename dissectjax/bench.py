@@ -22,7 +22,7 @@ import numpy as np
 from dissectjax.data.concepts import Concepts
 from dissectjax.data.memory import InMemoryProbe
 from dissectjax.data.probe import ProbeBatch
-from dissectjax.dissect import DissectConfig, _Run
+from dissectjax.dissect import DissectConfig, _no_progress, _Run
 from dissectjax.parallel import DataParallel
 
 BRODEN_CATEGORIES = {"object": 500, "part": 200, "material": 30, "color": 11, "scene": 412, "texture": 47}
@@ -99,19 +99,15 @@ def time_dissection(source, probe, config: DissectConfig, parallel: DataParallel
     parallel = parallel or DataParallel.create()
     if warmup is None:
         warmup = InMemoryProbe(probe.concepts, *_first_rows(probe, parallel.global_batch_size(config.batch_size)))
-    w = _Run(source, warmup, config, _quiet, parallel, None)
+    w = _Run(source, warmup, config, _no_progress, parallel, None)
     w.counts(w.thresholds(None), None)
-    run = _Run(source, probe, config, _quiet, parallel, None)
+    run = _Run(source, probe, config, _no_progress, parallel, None)
     start = time.perf_counter()
     thresholds = run.thresholds(None)
     middle = time.perf_counter()
     counts = run.counts(thresholds, None)
     end = time.perf_counter()
     return Timing(len(probe), middle - start, end - middle), thresholds, counts
-
-
-def _quiet(iterable, **_):
-    return iterable
 
 
 def _first_rows(probe, n):

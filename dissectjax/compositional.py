@@ -20,9 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dissectjax.data.probe import batch_plan, concept_presence, iterate_batches
-from dissectjax.parallel import DataParallel, to_host
-from dissectjax.stats.upsample import upsample
+from dissectjax.sources import labelled_pixels
 
 OPS = ("AND", "OR", "AND NOT")
 
@@ -32,17 +30,11 @@ def collect_masks(source, probe, layer: str, thresholds: np.ndarray, batch_size:
 
     Returns unit_bits uint32 [U, W] and concept_bits uint32 [C, W] (bit p = pixel p).
     """
-    parallel = DataParallel.create()
-    num_concepts = len(probe.concepts)
-    units, concepts = [], []
-    plan = batch_plan(probe, parallel.global_batch_size(batch_size))
     t = np.asarray(thresholds, np.float32)
-    for batch in iterate_batches(probe, plan, images=source.needs_images, labels=True):
-        _, _, sh, sw = batch.labels.pixel.shape
-        up = to_host(upsample(source.activations(batch, parallel)[layer], (sh, sw)))
-        valid = np.flatnonzero(batch.valid)
-        units.append((up[valid] > t).reshape(len(valid) * sh * sw, -1))
-        concepts.append(concept_presence(batch.labels, num_concepts).reshape(len(valid) * sh * sw, -1))
+    units, concepts = [], []
+    for up, present in labelled_pixels(source, probe, layer, batch_size):
+        units.append((up > t).reshape(-1, up.shape[-1]))
+        concepts.append(present.reshape(-1, present.shape[-1]))
     return _pack(np.concatenate(units).T), _pack(np.concatenate(concepts).T)
 
 

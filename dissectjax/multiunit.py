@@ -14,25 +14,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from dissectjax.data.probe import batch_plan, concept_presence, iterate_batches
-from dissectjax.parallel import DataParallel, to_host
-from dissectjax.stats.upsample import upsample
+from dissectjax.sources import labelled_pixels
 
 
 def pixel_samples(source, probe, layer: str, per_image: int = 64, seed: int = 0, batch_size: int = 50):
     """Sampled pixels: upsampled activations X float32 [P, U] and concept presence Y bool [P, C]."""
-    parallel = DataParallel.create()
     rng = np.random.default_rng(seed)
-    num_concepts = len(probe.concepts)
     xs, ys = [], []
-    plan = batch_plan(probe, parallel.global_batch_size(batch_size))
-    for batch in iterate_batches(probe, plan, images=source.needs_images, labels=True):
-        _, _, sh, sw = batch.labels.pixel.shape
-        up = to_host(upsample(source.activations(batch, parallel)[layer], (sh, sw)))
-        up = up.reshape(len(batch.index), sh * sw, -1)[batch.valid]
-        present = concept_presence(batch.labels, num_concepts)
+    for up, present in labelled_pixels(source, probe, layer, batch_size):
         for j in range(len(present)):
-            at = rng.choice(sh * sw, min(per_image, sh * sw), replace=False)
+            at = rng.choice(up.shape[1], min(per_image, up.shape[1]), replace=False)
             xs.append(up[j, at])
             ys.append(present[j, at])
     return np.concatenate(xs).astype(np.float32), np.concatenate(ys)

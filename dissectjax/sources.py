@@ -18,10 +18,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from dissectjax.data.probe import ProbeBatch
+from dissectjax.data.probe import ProbeBatch, batch_plan, concept_presence, iterate_batches
 from dissectjax.errors import DissectError
 from dissectjax.models.layers import activation_fn
-from dissectjax.parallel import DATA, DataParallel
+from dissectjax.parallel import DATA, DataParallel, to_host
+from dissectjax.stats.upsample import upsample
 
 
 class ModelSource:
@@ -87,3 +88,17 @@ class ArraySource:
         rows = np.where(batch.index >= 0, batch.index, 0)
         acts = np.asarray(self._acts[rows], np.float32)
         return {self.layers[0]: parallel.shard(acts.transpose(0, 2, 3, 1))}
+
+
+def labelled_pixels(source, probe, layer: str, batch_size: int = 50):
+    """Yields, per batch of valid rows, upsampled activations float32 [n, S, U] and concept
+    presence bool [n, S, C] (``concept_presence``) at the label resolution."""
+    parallel = DataParallel.create()
+    plan = batch_plan(probe, parallel.global_batch_size(batch_size))
+    for batch in iterate_batches(probe, plan, images=source.needs_images, labels=True):
+        _, _, sh, sw = batch.labels.pixel.shape
+        up = to_host(upsample(source.activations(batch, parallel)[layer], (sh, sw)))
+        yield (
+            up.reshape(len(batch.index), sh * sw, -1)[batch.valid],
+            concept_presence(batch.labels, len(probe.concepts)),
+        )
