@@ -23,3 +23,7 @@ $PY -m dissectjax bench --workload broden-scale --images "$IMAGES" --pool "$POOL
 echo; echo "### small: the demo's SceneNet on 1,000 synthetic scenes"
 DISSECTJAX_CACHE=${DISSECTJAX_CACHE:-/tmp/dissectjax-cache} $PY -m dissectjax bench --workload small \
     --images 1000 --batch-size 100
+
+echo; echo "### compositional search (beam 5, length 3) at ResNet-18 layer4 / ADE20K shapes: 512 units,"
+echo "### 1,200 concepts, 112 x 112 masks; timed on ${COMPOSITIONAL_IMAGES:=256} images, extrapolated to 22,210"
+$PY benchmarks/compositional_scale.py --images "$COMPOSITIONAL_IMAGES"

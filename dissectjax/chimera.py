@@ -105,3 +105,45 @@ def RotatedSource(base, layer: str, alphas, seeds) -> ProjectedSource:
     if layer not in base.layers:
         raise ValueError(f"layer {layer!r} is not computed by the base source ({base.layers})")
     return ProjectedSource(base, layer, rotations(layer, base.units[layer], alphas, seeds))
+
+
+def rotation_summary(results: dict, layer: str, alphas, seeds, categories) -> list[dict]:
+    """Per rotation power a: detectors and unique detectors (mean and std over seeds), the
+    mean IoU of the labels, and unique detectors per category (mean over seeds)."""
+    rows = []
+    for a in alphas:
+        rs = [results[point_name(layer, float(a), int(s))] for s in seeds]
+        det = np.array([r.detectors for r in rs], float)
+        uniq = np.array([r.unique["total"] for r in rs], float)
+        rows.append(
+            {
+                "a": float(a),
+                "detectors": det.mean(),
+                "detectors_std": det.std(),
+                "unique": uniq.mean(),
+                "unique_std": uniq.std(),
+                "mean_iou": float(np.mean([r.labels.score.mean() for r in rs])),
+                **{f"unique_{c}": float(np.mean([r.unique[c] for r in rs])) for c in categories},
+            }
+        )
+    return rows
+
+
+def plot_rotation_curves(curves: dict[str, list[dict]], ylabel: str, path: str) -> None:
+    """Detectors (with std over seeds) and unique detectors against a, one line pair per network."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for tag, rows in curves.items():
+        a = [r["a"] for r in rows]
+        ax.errorbar(a, [r["detectors"] for r in rows], yerr=[r["detectors_std"] for r in rows], marker="o",
+                    capsize=3, label=f"{tag}: detectors")  # fmt: skip
+        ax.plot(a, [r["unique"] for r in rows], "--", marker="s", label=f"{tag}: unique")
+    ax.set(xlabel="rotation power a", ylabel=ylabel)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

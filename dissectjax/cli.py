@@ -9,11 +9,13 @@ import sys
 import time
 from collections.abc import Sequence
 
+from dissectjax.cli_chimera import add_parsers as add_chimera_parsers
 from dissectjax.cli_surgery import add_parsers as add_surgery_parsers
 from dissectjax.errors import DissectError
 
 DEMO_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 DEMO_PROBE = dict(size=1000, seed=1)
+DATASET_HELP = "'synthetic' (1,000 scenes), 'synthetic:N', 'synthetic:N:SEED', or a Broden-format directory"
 
 
 def _progress(enabled: bool):
@@ -44,13 +46,18 @@ def open_dataset(spec: str, progress, say, split: str | None = None):
     from dissectjax.data.broden import BrodenDataset
 
     if spec == "synthetic" or spec.startswith("synthetic:"):
-        count = spec.split(":", 1)[1] if ":" in spec else str(DEMO_PROBE["size"])
-        if not count.isdigit() or int(count) < 1:
-            raise DissectError(f"--dataset {spec!r}: expected 'synthetic' or 'synthetic:N' with N a positive integer")
-        size = int(count)
-        config = synthetic.SyntheticConfig(size=size, seed=DEMO_PROBE["seed"])
+        parts = spec.split(":")[1:]
+        if len(parts) > 2 or not all(x.isdigit() for x in parts) or (parts and int(parts[0]) < 1):
+            raise DissectError(
+                f"--dataset {spec!r}: expected 'synthetic', 'synthetic:N' or 'synthetic:N:SEED' "
+                "(N images, a positive integer; SEED a non-negative integer)"
+            )
+        size = int(parts[0]) if parts else DEMO_PROBE["size"]
+        seed = int(parts[1]) if len(parts) == 2 else DEMO_PROBE["seed"]
+        config = synthetic.SyntheticConfig(size=size, seed=seed)
         say(f"probe set: synthetic scenes, {size} images (seed {config.seed}), cache {synthetic.default_cache_dir()}")
-        return BrodenDataset(synthetic.ensure_broden(config, progress=progress), split), f"synthetic:{size}"
+        name = f"synthetic:{size}" if seed == DEMO_PROBE["seed"] else f"synthetic:{size}:{seed}"
+        return BrodenDataset(synthetic.ensure_broden(config, progress=progress), split), name
     if not os.path.exists(spec):
         raise DissectError(f"--dataset {spec!r} is neither 'synthetic' nor an existing Broden directory")
     return BrodenDataset(spec, split), os.path.abspath(spec)
@@ -266,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("dissect", help="dissect layers of a model, or stored activations")
-    s.add_argument("--dataset", required=True, help="'synthetic', 'synthetic:N', or a Broden-format directory")
+    s.add_argument("--dataset", required=True, help=DATASET_HELP)
     s.add_argument("--out", required=True, help="output directory (replaced if it holds an earlier result)")
     s.add_argument("--model", help="registered model name (scenenet, resnet18, lenet5)")
     s.add_argument("--checkpoint", help="checkpoint directory written by 'dissectjax train'")
@@ -301,6 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("bench", help="throughput benchmarks (dissectjax bench --help)", add_help=False)
     add_surgery_parsers(sub)
+    add_chimera_parsers(sub)
 
     t = sub.add_parser("train", help="train a scene classifier on synthetic scenes and save a checkpoint")
     t.add_argument("--out", required=True, help="checkpoint directory to create")

@@ -37,7 +37,7 @@ class ModelSource:
 
     def __init__(self, model: nn.Module, variables, layers: Sequence[str], image_shape: tuple[int, int, int]):
         example = jnp.zeros((1, *image_shape), jnp.uint8)
-        self.layers = list(layers)
+        self.model, self.image_shape, self.layers = model, tuple(image_shape), list(layers)
         self._forward = activation_fn(model, variables, self.layers, example)
         shapes = jax.eval_shape(self._forward, example)
         self.units = {name: s.shape[-1] for name, s in shapes.items()}

@@ -1,6 +1,6 @@
-"""The rotation test (Bau et al. 2017, section 3.2) on SceneNet conv5, trained and untrained.
+"""Chimera controls on SceneNet conv5, trained and untrained: the rotation test and random directions.
 
-    python experiments/rotation_test.py [--checkpoint checkpoints/scenenet] [--images 1000]
+    python experiments/chimera.py [--checkpoint checkpoints/scenenet] [--images 1000]
 
 For each seed, a random rotation Q of conv5's 128-dimensional channel space and its
 fractional powers Q^a; each rotated layer is dissected afresh (thresholds, IoU, labels),
@@ -14,7 +14,14 @@ import argparse
 import numpy as np
 
 from dissectjax.checkpoint import init_variables, load_checkpoint
-from dissectjax.chimera import ProjectedSource, point_name, random_directions, rotations
+from dissectjax.chimera import (
+    ProjectedSource,
+    plot_rotation_curves,
+    point_name,
+    random_directions,
+    rotation_summary,
+    rotations,
+)
 from dissectjax.data import synthetic
 from dissectjax.data.broden import BrodenDataset
 from dissectjax.dissect import DissectConfig, dissect
@@ -29,8 +36,8 @@ def main():
     p.add_argument("--alphas", default="0,0.25,0.5,0.75,1")
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--directions", type=int, default=128, help="random unit-norm directions to dissect beside")
-    p.add_argument("--plot", default="rotation_test.png")
-    p.add_argument("--strip", default="top_images.png", help="top images of the best units and random directions")
+    p.add_argument("--plot", default="docs/rotation_test.png")
+    p.add_argument("--strip", default="docs/top_images.png", help="top images of the best units and random directions")
     a = p.parse_args()
     alphas = [float(x) for x in a.alphas.split(",")]
     seeds = [int(x) for x in a.seeds.split(",")]
@@ -48,17 +55,11 @@ def main():
         results = dissect(source, probe, DissectConfig(batch_size=100))
         print(f"\n{tag} SceneNet {a.layer}: rotation Q^a, {len(seeds)} seeds, {a.images} probe images")
         print(f"{'a':>5} {'detectors':>14} {'unique':>12} {'mean IoU':>9} " + " ".join(f"{c:>9}" for c in cats))
-        rows = []
-        for alpha in alphas:
-            rs = [results[point_name(a.layer, alpha, s)] for s in seeds]
-            det = np.array([r.detectors for r in rs])
-            uniq = np.array([r.unique["total"] for r in rs])
-            iou = np.mean([r.labels.score.mean() for r in rs])
-            per_cat = [np.mean([r.unique[c] for r in rs]) for c in cats]
-            rows.append((alpha, det.mean(), det.std(), uniq.mean()))
+        rows = rotation_summary(results, a.layer, alphas, seeds, cats)
+        for r in rows:
             print(
-                f"{alpha:5.2f} {det.mean():8.1f} +-{det.std():4.1f} {uniq.mean():6.1f} +-{uniq.std():3.1f} "
-                f"{iou:9.3f} " + " ".join(f"{x:9.1f}" for x in per_cat)
+                f"{r['a']:5.2f} {r['detectors']:8.1f} +-{r['detectors_std']:4.1f} {r['unique']:6.1f} "
+                f"+-{r['unique_std']:3.1f} {r['mean_iou']:9.3f} " + " ".join(f"{r['unique_' + c]:9.1f}" for c in cats)
             )
         curves[tag] = rows
         if tag == "trained":
@@ -70,20 +71,7 @@ def main():
             f"{rand.labels.score.mean():.3f}; the {own.units} units: {own.detectors} "
             f"({own.detectors / own.units:.0%}), {own.unique['total']} unique, mean IoU {own.labels.score.mean():.3f}"
         )
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for tag, rows in curves.items():
-        rows = np.array(rows)
-        ax.errorbar(rows[:, 0], rows[:, 1], yerr=rows[:, 2], marker="o", capsize=3, label=f"{tag}: detectors")
-        ax.plot(rows[:, 0], rows[:, 3], "--", marker="s", label=f"{tag}: unique")
-    ax.set(xlabel="rotation power a", ylabel=f"{a.layer} (of {units} units)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(a.plot, dpi=120)
+    plot_rotation_curves(curves, f"{a.layer} (of {units} units)", a.plot)
     print(f"wrote {a.plot}")
 
 
