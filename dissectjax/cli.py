@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 
 from dissectjax.cli_chimera import add_parsers as add_chimera_parsers
+from dissectjax.cli_specialize import add_parsers as add_specialize_parsers
 from dissectjax.cli_surgery import add_parsers as add_surgery_parsers
 from dissectjax.errors import DissectError
 
@@ -309,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="throughput benchmarks (dissectjax bench --help)", add_help=False)
     add_surgery_parsers(sub)
     add_chimera_parsers(sub)
+    add_specialize_parsers(sub)
 
     t = sub.add_parser("train", help="train a scene classifier on synthetic scenes and save a checkpoint")
     t.add_argument("--out", required=True, help="checkpoint directory to create")
