@@ -4,8 +4,9 @@ Trains LeNet-5 with the statistics (or loads a checkpoint and its saved statisti
 writes into ``--out``: ``stats.npz``, ``checkpoint/`` (when trained), per layer
 ``units-LAYER.csv`` (per unit and class: count, mean gradient, push, mean activation, mean
 rectified activation) and ``weighted-LAYER.png`` (the rectified-activation-weighted mean
-input per class of the layer's top anomalous units), ``push_vs_act-LAYER.png``, and
-``anomalies.csv`` (units that training pushes up for a class while they are low on it).
+input per class of the layer's top anomalous units), ``top-LAYER.png`` (their top-activating
+inputs), ``push_vs_act-LAYER.png``, and ``anomalies.csv`` (units that training pushes up
+for a class while they are low on it).
 """
 
 from __future__ import annotations
@@ -116,6 +117,7 @@ def write_views(out, model, params, images, labels, layer, ranked, means, target
     if ranked:
         weighted = weighted_mean_inputs(model, params, images, labels, layer)
         units = [r["unit"] for r in ranked]
+        write_top_inputs(os.path.join(out, f"top-{layer}.png"), model, params, images, layer, units)
         fig, axes = plt.subplots(len(units), 10, figsize=(10, 1.1 * len(units)), squeeze=False)
         for i, u in enumerate(units):
             for k in range(10):
@@ -142,6 +144,26 @@ def write_views(out, model, params, images, labels, layer, ranked, means, target
     fig.savefig(os.path.join(out, f"push_vs_act-{layer}.png"), dpi=100)
     plt.close(fig)
     print(f"wrote {out}/weighted-{layer}.png and push_vs_act-{layer}.png", file=sys.stderr)
+
+
+def write_top_inputs(path, model, params, images, layer, units, k: int = 10) -> None:
+    """One row per unit: its ``k`` top-activating inputs, highest first."""
+    import matplotlib.pyplot as plt
+
+    from dissectjax.specialize import top_inputs, unit_activations
+
+    top = top_inputs(unit_activations(model, params, images, layer)[0], k)
+    fig, axes = plt.subplots(len(units), k, figsize=(k, 1.1 * len(units)), squeeze=False)
+    for i, u in enumerate(units):
+        for j, row in enumerate(top[u]):
+            axes[i, j].imshow(images[row, :, :, 0], cmap="gray")
+            axes[i, j].set_xticks([])
+            axes[i, j].set_yticks([])
+        axes[i, 0].set_ylabel(f"{layer}:{u}", fontsize=7)
+    fig.suptitle(f"{layer}: top-activating inputs", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def add_parsers(sub) -> None:

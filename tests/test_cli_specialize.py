@@ -30,9 +30,11 @@ def test_training_writes_statistics_views_and_a_checkpoint(trained):
     assert len(rows) == 120 * 10
     r = rows[0]
     assert float(r["push"]) == pytest.approx(-float(r["grad"]))
-    if (trained / "anomalies.csv").exists():
+    if (trained / "anomalies.csv").exists():  # views of the anomalous units
         with open(trained / "anomalies.csv") as f:
             assert all(row["class"] == "7" for row in csv.DictReader(f))
+        assert (trained / "weighted-fc1.png").exists() or (trained / "weighted-conv2.png").exists()
+        assert (trained / "top-fc1.png").exists() or (trained / "top-conv2.png").exists()
 
 
 def test_reloading_checkpoint_and_stats(trained, tmp_path):
