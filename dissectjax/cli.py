@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 
 from dissectjax.cli_chimera import add_parsers as add_chimera_parsers
+from dissectjax.cli_report import add_parsers as add_report_parsers
 from dissectjax.cli_specialize import add_parsers as add_specialize_parsers
 from dissectjax.cli_surgery import add_parsers as add_surgery_parsers
 from dissectjax.errors import DissectError
@@ -99,8 +100,9 @@ def input_stamps(info: dict) -> dict[str, list[int]]:
 
 
 def run_dissection(source, dataset, config, out: str, info: dict, progress, say, resume: bool = True,
-                   save_every: float = 60.0):  # fmt: skip
-    """Dissects and writes ``out`` atomically (on the main process), resuming a killed run."""
+                   save_every: float = 60.0, report: bool = True):  # fmt: skip
+    """Dissects and writes ``out`` atomically (on the main process), resuming a killed run;
+    with ``report``, also the top images and ``report.html``."""
     from dissectjax.dissect import ResumeFile, dissect
     from dissectjax.parallel import DataParallel
     from dissectjax.results import atomic_directory, check_output_path, write_results
@@ -127,10 +129,25 @@ def run_dissection(source, dataset, config, out: str, info: dict, progress, say,
     with atomic_directory(out) as tmp:
         results = dissect(source, dataset, config, progress, parallel, resume_file)
         write_results(tmp, results, info)
+        if report:
+            write_report_files(tmp, results, dataset, say)
     if resume_file is not None:
         resume_file.remove()
     say(f"wrote {out}")
     return results
+
+
+def write_report_files(directory: str, results, dataset, say) -> None:
+    """The top images and the HTML report; a failure here is reported, never fatal (the counts are written)."""
+    from dissectjax.report import write_report
+    from dissectjax.results import write_top_images
+
+    try:
+        write_top_images(os.path.join(directory, "top_images.npz"), results, dataset)
+        write_report(directory)
+    except Exception as e:  # the dissection itself succeeded: keep it
+        say(f"warning: the report could not be written ({type(e).__name__}: {e}); "
+            "the results are complete; run `dissectjax report DIR` to retry")  # fmt: skip
 
 
 # ---- commands -------------------------------------------------------------------------
@@ -162,7 +179,7 @@ def cmd_dissect(args) -> int:
         if getattr(args, key):
             info[key] = os.path.abspath(getattr(args, key))
     results = run_dissection(source, dataset, config, args.out, info, progress, say, not args.no_resume,
-                             args.save_every)  # fmt: skip
+                             args.save_every, not args.no_report)  # fmt: skip
     if main_process:
         print(format_table(results))
     return 0
@@ -211,7 +228,9 @@ def cmd_demo(args) -> int:
     for tag, variables in (("trained", trained), ("random", random)):
         say(f"dissecting the {tag} network: layers {', '.join(DEMO_LAYERS)}")
         source = ModelSource(model, variables, DEMO_LAYERS, shape)
-        info = {"model": f"{meta['model']}:{tag}", "dataset": dataset_name, "checkpoint": os.path.abspath(ckpt_dir)}
+        info = {"model": f"{meta['model']}:{tag}", "dataset": dataset_name}
+        # the random twin is not the checkpoint: recording it would let `serve` ablate the wrong weights
+        info |= {"checkpoint": os.path.abspath(ckpt_dir)} if tag == "trained" else {"init_seed": 0}
         all_results[tag] = run_dissection(source, dataset, config, os.path.join(args.out, tag), info, progress, say)
     for tag, results in all_results.items():
         print(f"\n{tag} {meta['model']} on {dataset_name} (quantile {config.quantile}, IoU >= {config.iou_threshold})")
@@ -222,6 +241,7 @@ def cmd_demo(args) -> int:
         f"\nemergence at {last}: trained {t.detectors}/{t.units} detectors, {t.unique['total']} unique; "
         f"random init {r.detectors}/{r.units} detectors, {r.unique['total']} unique"
     )
+    print(f"reports: {os.path.abspath(os.path.join(args.out, 'trained', 'report.html'))} (and random/)")
     print(f"demo finished in {time.perf_counter() - start:.0f} s; results in {os.path.abspath(args.out)}")
     return 0
 
@@ -301,6 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="save the state for resuming this often (default: %(default)s)",
     )
+    s.add_argument("--no-report", action="store_true", help="skip top_images.npz and report.html")
     s.add_argument("--coordinator", help="multi-host: address:port of process 0 (jax.distributed)")
     s.add_argument("--num-processes", type=int, help="multi-host: number of processes")
     s.add_argument("--process-id", type=int, help="multi-host: this process's index")
@@ -310,6 +331,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("bench", help="throughput benchmarks (dissectjax bench --help)", add_help=False)
     add_surgery_parsers(sub)
     add_chimera_parsers(sub)
+    add_report_parsers(sub)
     add_specialize_parsers(sub)
 
     t = sub.add_parser("train", help="train a scene classifier on synthetic scenes and save a checkpoint")

@@ -80,6 +80,7 @@ class LayerResult:
     seconds: float
     top_images: np.ndarray | None = None  # int64 [U, k]: dataset rows, highest maximum first (-1: none)
     top_activations: np.ndarray | None = None  # float32 [U, k]: those maxima
+    top_maps: np.ndarray | None = None  # float32 [U, k, h, w]: the unit's activation map on those rows
 
     @property
     def units(self) -> int:
@@ -196,41 +197,67 @@ def _no_progress(iterable, **_):
 
 
 class TopImages:
-    """Per unit, the k rows with the highest maximum activation (ties: the lower row).
+    """Per unit, the k rows with the highest maximum activation (ties: the lower row), and
+    those rows' activation maps.
 
-    A total order on (value, row) makes the result independent of batching and order.
+    A total order on (value, row) makes the result independent of batching and order;
+    the maps are fetched from the device only for the entries a batch brings into the top k.
     """
 
     def __init__(self, units: int, k: int):
         self.rows = np.full((units, k), -1, np.int64)
         self.values = np.full((units, k), -np.inf, np.float32)
+        self.maps: np.ndarray | None = None  # float32 [U, k, h, w], once a batch has been seen
 
-    def add(self, maxima: np.ndarray, rows: np.ndarray) -> None:
-        """maxima float [B, U] of the batch's rows int [B] (-1 for padding)."""
+    def add(self, maxima: np.ndarray, rows: np.ndarray, gather: Callable[[np.ndarray], np.ndarray]) -> None:
+        """maxima float [B, U] of the batch's rows int [B] (-1 for padding);
+        ``gather(positions int [U, j]) -> float32 [U, j, h, w]`` fetches unit u's map of
+        batch position ``positions[u, i]``."""
         k = self.rows.shape[1]
+        none = np.iinfo(np.int64).max
         values = np.where(rows[:, None] >= 0, maxima, -np.inf).T.astype(np.float32)  # [U, B]
-        ids = np.broadcast_to(np.where(rows >= 0, rows, np.iinfo(np.int64).max), values.shape)
+        ids = np.broadcast_to(np.where(rows >= 0, rows, none), values.shape)
         all_values = np.concatenate([self.values, values], axis=1)
-        all_rows = np.concatenate([np.where(self.rows >= 0, self.rows, np.iinfo(np.int64).max), ids], axis=1)
-        order = np.lexsort((all_rows, -all_values), axis=-1)[:, :k]
+        all_rows = np.concatenate([np.where(self.rows >= 0, self.rows, none), ids], axis=1)
+        order = np.lexsort((all_rows, -all_values), axis=-1)[:, :k]  # [U, k] into (kept, batch)
         self.values = np.take_along_axis(all_values, order, axis=1)
         rows_kept = np.take_along_axis(all_rows, order, axis=1)
         self.rows = np.where(np.isfinite(self.values), rows_kept, -1)
+        self.maps = self._merge_maps(order, (order >= k) & np.isfinite(self.values), gather)
+
+    def _merge_maps(self, order: np.ndarray, new: np.ndarray, gather) -> np.ndarray | None:
+        units, k = order.shape
+        if not new.any():
+            return None if self.maps is None else np.take_along_axis(self.maps, order[..., None, None], axis=1)
+        # the new entries first in each unit's row, padded to a power of two (few compiled shapes)
+        width = min(k, 1 << int(new.sum(axis=1).max() - 1).bit_length())
+        slots = np.argsort(~new, axis=1, kind="stable")[:, :width]  # [U, width]
+        positions = np.take_along_axis(np.where(new, order - k, 0), slots, axis=1)
+        fetched = np.asarray(gather(positions), np.float32)  # [U, width, h, w]
+        if self.maps is None:
+            self.maps = np.zeros((units, k, *fetched.shape[2:]), np.float32)
+        maps = np.take_along_axis(self.maps, np.where(new, 0, order)[..., None, None], axis=1)
+        u, j = np.nonzero(np.take_along_axis(new, slots, axis=1))
+        maps[u, slots[u, j]] = fetched[u, j]
+        return maps
 
     def flush(self):
-        return self.rows, self.values
+        maps = np.zeros((*self.rows.shape, 0, 0), np.float32) if self.maps is None else self.maps
+        return self.rows, self.values, maps
 
     def load(self, saved) -> None:
         if saved is not None:
-            self.rows, self.values = (np.asarray(x) for x in saved)
+            self.rows, self.values, maps = (np.asarray(x) for x in saved)
+            self.maps = maps if maps.size else None
 
 
 @functools.lru_cache(maxsize=8)
 def _kernels(parallel: DataParallel):
-    """The per-batch kernels for a mesh: (histogram, tally, image_max), reduced over devices.
+    """The per-batch kernels for a mesh: (histogram, tally, image_max, unit_maps), reduced over devices.
 
     ``tally(acts, labels, thresholds, category, num_categories, condition, strategy)``;
-    ``image_max(acts)`` is each image's maximum per unit [B, U], replicated to every process.
+    ``image_max(acts)`` is each image's maximum per unit [B, U] and ``unit_maps(acts, positions)``
+    unit u's maps at batch positions ``positions[u]`` [U, j, h, w], both replicated to every process.
     """
     hist = parallel.reduce(prefix_histogram, 2, _HISTOGRAM)
     histogram = jax.jit(
@@ -248,13 +275,16 @@ def _kernels(parallel: DataParallel):
         parallel, fallback=lambda a, labels, t, cat, k, cond: dense(a, labels, t, cat, k, cond, "segment")
     )
     image_max = jax.jit(lambda a: jnp.max(a, axis=(1, 2)), out_shardings=parallel.replicated)  # [B, U] everywhere
+    unit_maps = jax.jit(  # acts [B, h, w, U], positions [U, j] -> [U, j, h, w] everywhere
+        lambda a, positions: a[positions, :, :, jnp.arange(a.shape[-1])[:, None]], out_shardings=parallel.replicated
+    )
 
     def tally_fn(acts, labels, t, cat, num_categories, condition, strategy):
         if strategy == "sparse":
             return sparse(acts, labels, t, cat, num_categories, condition)
         return dense(acts, labels, t, cat, num_categories, condition, strategy)
 
-    return histogram, tally_fn, image_max
+    return histogram, tally_fn, image_max, unit_maps
 
 
 class _Run:
@@ -268,7 +298,7 @@ class _Run:
         self.plan = batch_plan(probe, parallel.global_batch_size(config.batch_size))
         self.layers = list(source.layers)
         self.select = {name: RadixSelect(source.units[name], config.quantile) for name in self.layers}
-        self._histogram, self._tally, self._image_max = _kernels(parallel)
+        self._histogram, self._tally, self._image_max, self._unit_maps = _kernels(parallel)
         self.top = {name: TopImages(source.units[name], config.top_k) for name in self.layers}
 
     # batches: this process's rows of every global batch, sharded onto the mesh
@@ -279,6 +309,9 @@ class _Run:
 
     def _activations(self, batch: ProbeBatch) -> dict[str, jax.Array]:
         return self.source.activations(batch, self.dp)
+
+    def _gather_maps(self, acts: jax.Array, positions: np.ndarray) -> np.ndarray:
+        return to_host(self._unit_maps(acts, self.dp.replicate(positions.astype(np.int32))))
 
     def _maybe_save(self, state_fn, force=False):
         if self.resume is not None and (force or self.resume.due()):
@@ -361,7 +394,7 @@ class _Run:
             start = int(saved["batch"])
             for name in self.layers:
                 acc[name].total = _unflatten(f"tally/{name}", _COUNTS, saved)
-                self.top[name].load(_unflatten(f"tally/{name}/top", (0, 0), saved))
+                self.top[name].load(_unflatten(f"tally/{name}/top", (0, 0, 0), saved))
 
         for i, batch in enumerate(self._batches(start, True, "tally"), start=start):
             acts = self._activations(batch)
@@ -372,7 +405,8 @@ class _Run:
                                      self.config.condition, strategy)  # fmt: skip
                 acc[name].add(counts, labels.pixel.shape[0] * sh * sw)  # no count outgrows the pixels
                 if self.config.top_k:
-                    self.top[name].add(to_host(self._image_max(acts[name])), self.plan[i])
+                    gather = functools.partial(self._gather_maps, acts[name])
+                    self.top[name].add(to_host(self._image_max(acts[name])), self.plan[i], gather)
             tops = {f"{name}/top": self.top[name] for name in self.layers}
             self._maybe_save(functools.partial(self._state, "tally", i + 1, {**acc, **tops}))
         return {name: Counts(*acc[name].flush()) for name in self.layers}
@@ -420,5 +454,6 @@ def dissect(
             seconds=seconds,
             top_images=run.top[name].rows if config.top_k else None,
             top_activations=run.top[name].values if config.top_k else None,
+            top_maps=run.top[name].maps if config.top_k else None,
         )
     return results

@@ -1,9 +1,12 @@
-"""Writing dissection results (DESIGN.md section 6), atomically.
+"""Writing and reading dissection results (DESIGN.md section 6), atomically.
 
     DIR/concepts.csv            index,number,name,category
     DIR/summary.json            per layer: units, detectors, unique detectors, timing, provenance
     DIR/<layer>/units.csv       NetDissect tally.csv layout, one row per unit
-    DIR/<layer>/counts.npz      thresholds, intersection, unit_area, concept_area, iou, categories
+    DIR/<layer>/counts.npz      thresholds, intersection, unit_area, concept_area, iou, categories;
+                                top_images, top_activations, top_maps (the top-k images per unit)
+    DIR/top_images.npz          rows [R], images uint8 [R, H, W, 3], label_size [2]: the probe
+                                images that are some unit's top image, for reports
 
 The whole directory is written under a temporary name beside ``DIR`` and renamed into
 place at the end, so a failed run never leaves a partial result that looks finished.
@@ -13,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import os
 import platform
@@ -25,6 +29,9 @@ import numpy as np
 from dissectjax.data.concepts import Concepts
 from dissectjax.dissect import LayerResult
 from dissectjax.errors import DissectError
+from dissectjax.stats.labels import label_units, unique_detectors
+
+TOP_IMAGE_SIZE = 128  # longest side of the stored top images
 
 
 def versions() -> dict[str, str]:
@@ -103,6 +110,8 @@ def write_counts(path: str, result: LayerResult) -> None:
     top = {}
     if result.top_images is not None:
         top = {"top_images": result.top_images, "top_activations": result.top_activations}
+        if result.top_maps is not None:
+            top["top_maps"] = result.top_maps.astype(np.float32)
     np.savez(
         path,
         **top,
@@ -138,6 +147,7 @@ def atomic_directory(out: str) -> Iterator[str]:
     parent = os.path.dirname(out)
     os.makedirs(parent, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=parent)
+    os.chmod(tmp, 0o755)  # mkdtemp makes it private; results are for sharing
     try:
         yield tmp
         if os.path.exists(out):
@@ -168,3 +178,92 @@ def write_results(directory: str, results: Mapping[str, LayerResult], info: Mapp
     }
     with open(os.path.join(directory, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
+
+
+def write_top_images(path: str, results: Mapping[str, LayerResult], dataset) -> None:
+    """Saves every probe image that is some unit's top image, resized to fit TOP_IMAGE_SIZE.
+
+    All images share the first one's display size (probe sets are one size in practice);
+    ``label_size`` is the resolution the masks were tallied at.
+    """
+    from PIL import Image
+
+    tops = [r.top_images for r in results.values() if r.top_images is not None]
+    rows = np.unique(np.concatenate([t.ravel() for t in tops])) if tops else np.zeros(0, np.int64)
+    rows = rows[rows >= 0]
+    if not rows.size:
+        return
+    h, w = dataset.image_size(int(rows[0]))
+    scale = min(1.0, TOP_IMAGE_SIZE / max(h, w))
+    size = (max(1, round(w * scale)), max(1, round(h * scale)))  # PIL order: (width, height)
+    images = np.stack([
+        np.asarray(Image.fromarray(dataset.load_image(int(r))).resize(size, Image.BILINEAR)) for r in rows
+    ])  # fmt: skip
+    np.savez(path, rows=rows, images=images, label_size=np.array(dataset.label_size(int(rows[0]))))
+
+
+def read_concepts(path: str) -> Concepts:
+    """The concepts of ``DIR/concepts.csv`` (categories in order of first appearance)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    categories = tuple(dict.fromkeys(r["category"] for r in rows))
+    return Concepts(
+        numbers=np.array([int(r["number"]) for r in rows], np.int64),
+        names=tuple(r["name"] for r in rows),
+        category=np.array([categories.index(r["category"]) for r in rows], np.int64),
+        categories=categories,
+    )
+
+
+def read_results(directory: str) -> tuple[dict[str, LayerResult], dict]:
+    """The layers of a dissection output directory, and its summary.json."""
+    summary_path = os.path.join(directory, "summary.json")
+    if not os.path.isfile(summary_path):
+        raise DissectError(
+            f"{directory} is not a dissection output (no summary.json); run `dissectjax dissect ... --out DIR` first"
+        )
+    with open(summary_path) as f:
+        summary = json.load(f)
+    concepts = read_concepts(os.path.join(directory, "concepts.csv"))
+    results = {}
+    for name, info in summary["layers"].items():
+        path = os.path.join(directory, *name.split("/"), "counts.npz")
+        try:
+            with np.load(path, allow_pickle=False) as f:
+                arrays = {k: f[k] for k in f.files}
+        except FileNotFoundError:
+            raise DissectError(f"{path} is missing: the output directory is incomplete; rerun the dissection") from None
+        categories = tuple(str(c) for c in arrays["categories"])
+        if categories != concepts.categories:
+            concepts = dataclasses.replace(concepts, categories=categories, category=np.array(
+                [categories.index(concepts.categories[k]) for k in concepts.category], np.int64))  # fmt: skip
+        labels = label_units(arrays["iou"], concepts.category, concepts.num_categories, info["iou_threshold"])
+        results[name] = LayerResult(
+            name=name,
+            concepts=concepts,
+            thresholds=arrays["thresholds"],
+            intersection=arrays["intersection"],
+            unit_area=arrays["unit_area"],
+            concept_area=arrays["concept_area"],
+            iou=arrays["iou"],
+            labels=labels,
+            unique=unique_detectors(labels, concepts.category, list(concepts.categories)),
+            quantile=info["quantile"],
+            iou_threshold=info["iou_threshold"],
+            condition=info["condition"],
+            images=info["images"],
+            seconds=info["seconds"],
+            top_images=arrays.get("top_images"),
+            top_activations=arrays.get("top_activations"),
+            top_maps=arrays.get("top_maps"),
+        )
+    return results, summary
+
+
+def read_top_images(directory: str) -> dict | None:
+    """``{rows, images, label_size}`` of ``DIR/top_images.npz``, or None if absent."""
+    path = os.path.join(directory, "top_images.npz")
+    if not os.path.isfile(path):
+        return None
+    with np.load(path, allow_pickle=False) as f:
+        return {k: f[k] for k in f.files}

@@ -83,3 +83,20 @@ def broden_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("broden") / "ds"
     labels, rows = random_broden(root)
     return str(root), labels, rows
+
+
+CHECKPOINT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "checkpoints", "scenenet"))
+
+
+@pytest.fixture(scope="session")
+def scene_dissection(tmp_path_factory):
+    """A dissection of the committed scene classifier (conv4, conv5) on 48 synthetic scenes,
+    written by the CLI with its report: (output directory, probe dataset)."""
+    from dissectjax.cli import main, open_dataset
+
+    out = tmp_path_factory.mktemp("scene") / "out"
+    args = ["dissect", "--dataset", "synthetic:48", "--checkpoint", CHECKPOINT, "--layers", "conv4,conv5",
+            "--out", str(out), "--batch-size", "16", "--quiet", "--no-resume"]  # fmt: skip
+    assert main(args) == 0
+    dataset, _ = open_dataset("synthetic:48", lambda x, **_: x, lambda *_: None)
+    return str(out), dataset

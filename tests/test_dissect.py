@@ -120,3 +120,15 @@ def test_top_images_are_the_highest_maxima(broden_dir):
         np.testing.assert_allclose(results[0].top_activations[u], maxima[expected, u])
     np.testing.assert_array_equal(results[0].top_images, results[1].top_images)  # batching does not matter
     assert list(results[0].top_images[0, :2]) == [5, 9]
+
+
+@pytest.mark.parametrize("batch_size", [2, 5, 64])
+def test_top_maps_are_the_units_maps_on_the_top_rows(broden_dir, batch_size):
+    root, _, _ = broden_dir
+    ds = BrodenDataset(root)
+    acts = random_acts(len(ds), seed=11)  # [N, U, h, w]
+    acts[:, 2] = np.where(np.arange(len(ds))[:, None, None] % 4 == 0, 7.0, acts[:, 2])  # ties across batches
+    r = dissect(ArraySource(acts, "layer", len(ds)), ds, DissectConfig(0.05, batch_size=batch_size, top_k=6))["layer"]
+    assert r.top_maps.shape == (acts.shape[1], 6, *acts.shape[2:])
+    for u in range(acts.shape[1]):
+        np.testing.assert_array_equal(r.top_maps[u], acts[r.top_images[u], u])

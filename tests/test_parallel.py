@@ -25,10 +25,22 @@ def finish(proc):
     return out
 
 
+TOP_FIELDS = ("top_images", "top_activations", "top_maps")
+
+
 def assert_identical(a, b, layers):
     for layer in layers:
         x, y = np.load(a / layer / "counts.npz"), np.load(b / layer / "counts.npz")
-        for key in ("thresholds", "intersection", "unit_area", "concept_area", "iou", "top_images", "top_activations"):
+        for key in (
+            "thresholds",
+            "intersection",
+            "unit_area",
+            "concept_area",
+            "iou",
+            "top_images",
+            "top_activations",
+            "top_maps",
+        ):
             np.testing.assert_array_equal(x[key], y[key], err_msg=f"{layer}/{key}")
         assert (a / layer / "units.csv").read_text() == (b / layer / "units.csv").read_text()
 

@@ -14,7 +14,7 @@ from dissectjax.data.broden import BrodenDataset
 from dissectjax.dissect import DissectConfig, ResumeFile, dissect
 from dissectjax.sources import ArraySource
 
-FIELDS = ("thresholds", "intersection", "unit_area", "concept_area", "top_images", "top_activations")
+FIELDS = ("thresholds", "intersection", "unit_area", "concept_area", "top_images", "top_activations", "top_maps")
 
 
 @pytest.fixture(scope="module")

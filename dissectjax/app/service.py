@@ -1,0 +1,163 @@
+"""What the app computes: the report's views, plus live ablation on a loaded JAX model.
+
+    Dissection (DIR) + checkpoint + labelled evaluation images
+        -> views (concept query, unit, layer comparison)      from the saved counts
+        -> ablate(layer, units) -> per-class accuracy table   computed now, by the model
+
+Ablation reuses :mod:`dissectjax.ablation` (the layer's activations are computed once per
+layer; each request reruns only the layers above it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Sequence
+
+import numpy as np
+
+from dissectjax.ablation import LayerData, balanced_accuracy, confusions, layer_data
+from dissectjax.errors import DissectError
+from dissectjax.report import AblationView, ConceptQuery, Dissection, LayerComparison, UnitView
+
+
+def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
+    """[..., K, K] counts (true, predicted) -> [..., K]: the fraction of each class predicted right (NaN if none)."""
+    confusion = np.asarray(confusion, np.float64)
+    actual = confusion.sum(axis=-1)
+    hits = np.diagonal(confusion, axis1=-2, axis2=-1)
+    return np.where(actual > 0, hits / np.maximum(actual, 1), np.nan)
+
+
+@dataclasses.dataclass
+class Classifier:
+    """A loaded classifier and the labelled images its ablations are measured on."""
+
+    model: object
+    variables: dict
+    images: np.ndarray  # uint8 [N, H, W, 3]
+    labels: np.ndarray  # int [N]
+    classes: tuple[str, ...]
+    source: str  # where the model came from, for the page
+
+
+def scene_classifier(checkpoint: str, images: int) -> Classifier:
+    """A scene classifier checkpoint, measured on the held-out ``eval`` split of synthetic scenes."""
+    from dissectjax.checkpoint import load_checkpoint
+    from dissectjax.cli_surgery import class_names, scene_images
+
+    model, variables, config = load_checkpoint(checkpoint)
+    classes = class_names()
+    if getattr(model, "num_classes", None) != len(classes):
+        raise DissectError(
+            f"the checkpoint's model has {getattr(model, 'num_classes', '?')} outputs, but live ablation measures "
+            f"scene classifiers ({len(classes)} classes); serve without --checkpoint to browse only"
+        )
+    x, y = scene_images(images, "eval", image_size=int(config["input_shape"][0]))
+    return Classifier(model, variables, x, y, classes, checkpoint)
+
+
+class AppService:
+    """Answers the app's questions; every method validates its input (DissectError on bad input)."""
+
+    MAX_LIMIT = 1000
+
+    def __init__(self, dissection: Dissection, classifier: Classifier | None = None, stats=None):
+        self.dissection = dissection
+        self.classifier = classifier
+        self.stats = stats  # ClassUnitStats or None
+        self._layer_data: dict[str, LayerData] = {}
+        self._lock = threading.Lock()  # one model computation at a time
+
+    # ---- views from the saved results
+    def layers(self) -> dict:
+        d = self.dissection
+        return {
+            "model": d.summary.get("model"),
+            "dataset": d.summary.get("dataset"),
+            "layers": [
+                {
+                    "layer": n,
+                    "units": r.units,
+                    "detectors": r.detectors,
+                    "unique": r.unique["total"],
+                    "ablation": self.ablation_error(n) is None,
+                }
+                for n, r in d.layers.items()
+            ],
+            "classes": list(self.classifier.classes) if self.classifier else [],
+            "live_model": self.classifier.source if self.classifier else None,
+            "concepts": list(d.concepts.names),
+        }
+
+    def concept(self, name: str, layer: str | None, limit: int) -> ConceptQuery:
+        if layer:
+            self.dissection.layer(layer)
+        if not 1 <= limit <= self.MAX_LIMIT:
+            raise DissectError(f"limit must be between 1 and {self.MAX_LIMIT}, got {limit}")
+        self.dissection.concept_index(name)
+        return ConceptQuery(self.dissection, name, layer, limit)
+
+    def unit(self, layer: str, unit: int) -> UnitView:
+        self.dissection.check_unit(layer, unit)
+        per_class = {}
+        if self.ablation_error(layer) is None:
+            data = self._data(layer)
+            acts = data.acts[..., unit].mean(axis=(1, 2))  # [N]
+            k = len(self.classifier.classes)
+            counts = np.bincount(data.labels, minlength=k)
+            sums = np.bincount(data.labels, weights=acts, minlength=k)
+            per_class["mean activation"] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
+        if self.stats is not None and layer in self.stats.grad:
+            means = self.stats.means(layer)
+            per_class["mean gradient (training)"] = means["grad"][:, unit]
+        classes = self.classifier.classes if self.classifier else ()
+        if per_class and len(next(iter(per_class.values()))) != len(classes):
+            per_class = {}  # statistics of another class set: not comparable
+        return UnitView(self.dissection, layer, unit, classes=classes, per_class=per_class)
+
+    def compare(self, a: str, b: str) -> LayerComparison:
+        self.dissection.layer(a), self.dissection.layer(b)
+        return LayerComparison(self.dissection, a, b)
+
+    # ---- live ablation
+    def ablation_error(self, layer: str) -> str | None:
+        """Why ``layer`` cannot be ablated live, or None if it can."""
+        if self.classifier is None:
+            return "no model is loaded: start the app with --checkpoint to ablate"
+        from dissectjax.surgery import wiring
+
+        try:
+            wiring(self.classifier.model, layer)
+        except (DissectError, ValueError, KeyError) as e:
+            return f"layer {layer!r} cannot be ablated in this model: {e}"
+        return None
+
+    def _data(self, layer: str) -> LayerData:
+        with self._lock:
+            if layer not in self._layer_data:
+                c = self.classifier
+                self._layer_data[layer] = layer_data(c.model, c.variables, layer, c.images, c.labels)
+            return self._layer_data[layer]
+
+    def ablate(self, layer: str, units: Sequence[int], mode: str = "zero") -> AblationView:
+        r = self.dissection.layer(layer)
+        error = self.ablation_error(layer)
+        if error:
+            raise DissectError(error)
+        if mode not in ("zero", "mean"):
+            raise DissectError(f"mode must be 'zero' or 'mean', got {mode!r}")
+        units = sorted(set(units))
+        for u in units:
+            self.dissection.check_unit(layer, u)
+        if not units:
+            raise DissectError("select at least one unit to ablate")
+        data = self._data(layer)
+        if data.acts.shape[-1] != r.units:
+            raise DissectError(f"the model's {layer} has {data.acts.shape[-1]} units, the dissection {r.units}")
+        masks = np.zeros((2, r.units), np.float32)
+        masks[1, units] = 1.0
+        with self._lock:
+            confusion = confusions(self.classifier.model, self.classifier.variables, data, masks, mode)
+        return AblationView(layer, units, self.classifier.classes, per_class_accuracy(confusion),
+                            balanced_accuracy(confusion), len(data.labels))  # fmt: skip
