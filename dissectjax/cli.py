@@ -10,6 +10,7 @@ import time
 from collections.abc import Sequence
 
 from dissectjax.cli_chimera import add_parsers as add_chimera_parsers
+from dissectjax.cli_convert import add_parsers as add_convert_parsers
 from dissectjax.cli_report import add_parsers as add_report_parsers
 from dissectjax.cli_specialize import add_parsers as add_specialize_parsers
 from dissectjax.cli_surgery import add_parsers as add_surgery_parsers
@@ -17,7 +18,10 @@ from dissectjax.errors import DissectError
 
 DEMO_LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 DEMO_PROBE = dict(size=1000, seed=1)
-DATASET_HELP = "'synthetic' (1,000 scenes), 'synthetic:N', 'synthetic:N:SEED', or a Broden-format directory"
+DATASET_HELP = (
+    "'synthetic' (1,000 scenes), 'synthetic:N', 'synthetic:N:SEED', a Broden-format directory, or "
+    "'tfds:NAME[:SPLIT]' (a prepared TFDS dataset)"
+)
 
 
 def _progress(enabled: bool):
@@ -43,7 +47,8 @@ def default_checkpoint_dir() -> str:
 
 
 # ---- shared pieces --------------------------------------------------------------------
-def open_dataset(spec: str, progress, say, split: str | None = None):
+def open_dataset(spec: str, progress, say, split: str | None = None, skip_missing: bool = False,
+                 tfds_data_dir: str | None = None, tfds_map: str | None = None):  # fmt: skip
     from dissectjax.data import synthetic
     from dissectjax.data.broden import BrodenDataset
 
@@ -60,9 +65,22 @@ def open_dataset(spec: str, progress, say, split: str | None = None):
         say(f"probe set: synthetic scenes, {size} images (seed {config.seed}), cache {synthetic.default_cache_dir()}")
         name = f"synthetic:{size}" if seed == DEMO_PROBE["seed"] else f"synthetic:{size}:{seed}"
         return BrodenDataset(synthetic.ensure_broden(config, progress=progress), split), name
+    if spec.startswith("tfds:"):
+        from dissectjax.data.tfds_probe import TFDSProbe, parse_mapping
+
+        name, _, tfds_split = spec[len("tfds:") :].partition(":")
+        data_dir = tfds_data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+        dataset = TFDSProbe(name, tfds_split or split, data_dir, parse_mapping(tfds_map))
+        say(f"probe set: TFDS {name} split {dataset.split}, {len(dataset)} images, from {data_dir}")
+        return dataset, f"tfds:{name}:{dataset.split}"
     if not os.path.exists(spec):
-        raise DissectError(f"--dataset {spec!r} is neither 'synthetic' nor an existing Broden directory")
-    return BrodenDataset(spec, split), os.path.abspath(spec)
+        raise DissectError(f"--dataset {spec!r} is neither 'synthetic', 'tfds:NAME' nor an existing Broden directory")
+    dataset = BrodenDataset(spec, split, skip_missing)
+    if dataset.skipped:
+        line, path = dataset.skipped[0]
+        say(f"skipped {len(dataset.skipped)} rows with missing files (first: index.csv line {line}, {path}); "
+            f"dissecting the other {len(dataset)}")  # fmt: skip
+    return dataset, os.path.abspath(spec)
 
 
 def format_table(results) -> str:
@@ -164,7 +182,12 @@ def cmd_dissect(args) -> int:
     main_process = jax.process_index() == 0
     progress, say = _progress(not args.quiet and main_process), _say(args.quiet or not main_process)
     config = DissectConfig(args.quantile, args.iou_threshold, not args.no_condition, args.batch_size, args.strategy)
-    dataset, dataset_name = open_dataset(args.dataset, progress, say, args.split)
+    if args.skip_missing and args.activations:
+        raise DissectError(
+            "--skip-missing would misalign --activations rows with index.csv rows; fix the files instead"
+        )
+    dataset, dataset_name = open_dataset(args.dataset, progress, say, args.split, args.skip_missing,
+                                         args.tfds_data_dir, args.tfds_map)  # fmt: skip
     if args.activations:
         if args.model or args.checkpoint or args.layers:
             raise DissectError(
@@ -175,6 +198,10 @@ def cmd_dissect(args) -> int:
     else:
         source, model_name = _model_source(args, dataset)
     info = {"model": model_name, "dataset": dataset_name}
+    if args.split:
+        info["split"] = args.split
+    if getattr(dataset, "skipped", None):
+        info["skipped_rows"] = len(dataset.skipped)
     for key in ("checkpoint", "activations"):
         if getattr(args, key):
             info[key] = os.path.abspath(getattr(args, key))
@@ -304,7 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--iou-threshold", type=float, default=0.04, help="detector IoU threshold (default: %(default)s)")
     s.add_argument("--batch-size", type=int, default=64, help="images per device and batch (default: %(default)s)")
     s.add_argument("--no-condition", action="store_true", help="count unit area in all images, not only labelled ones")
-    s.add_argument("--split", help="only rows of this index.csv split (default: all)")
+    s.add_argument("--split", help="only rows of this index.csv split, e.g. train or val (default: all)")
+    s.add_argument("--tfds-data-dir", help="TFDS data_dir for --dataset tfds:NAME (default: $TFDS_DATA_DIR or "
+                                           "~/tensorflow_datasets)")  # fmt: skip
+    s.add_argument("--tfds-map", help="for other TFDS datasets: CATEGORY=FEATURE[:CLASSES],... e.g. "
+                                      "scene=label,object=segmentation_mask:150")  # fmt: skip
+    s.add_argument("--skip-missing", action="store_true",
+                   help="skip rows whose image or segmentation files are missing (reports how many)")  # fmt: skip
     s.add_argument(
         "--strategy",
         choices=["dense", "sparse", "segment"],
@@ -332,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_surgery_parsers(sub)
     add_chimera_parsers(sub)
     add_report_parsers(sub)
+    add_convert_parsers(sub)
     add_specialize_parsers(sub)
 
     t = sub.add_parser("train", help="train a scene classifier on synthetic scenes and save a checkpoint")

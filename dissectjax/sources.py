@@ -11,7 +11,7 @@ row i = dataset row i; :class:`ArraySource`).
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -26,7 +26,11 @@ from dissectjax.stats.upsample import upsample
 
 
 class ModelSource:
-    """Layers of a linen model, computed by one jitted forward pass per batch.
+    """Layers of a model, computed by one jitted forward pass per batch.
+
+    A linen model's layers are read by :func:`~dissectjax.models.layers.activation_fn`;
+    any other model (an NNX module: :mod:`dissectjax.nnx_tools`) passes ``forward``, a pure
+    function ``images [B, H, W, 3] -> {layer: [B, h, w, U]}``.
 
     Each device runs the forward pass on its own shard (``shard_map``), so a device's
     program depends only on the per-device batch size, not on how many devices there are:
@@ -35,10 +39,11 @@ class ModelSource:
 
     needs_images = True
 
-    def __init__(self, model: nn.Module, variables, layers: Sequence[str], image_shape: tuple[int, int, int]):
+    def __init__(self, model: nn.Module, variables, layers: Sequence[str], image_shape: tuple[int, int, int],
+                 forward: Callable[[jax.Array], dict[str, jax.Array]] | None = None):  # fmt: skip
         example = jnp.zeros((1, *image_shape), jnp.uint8)
         self.model, self.image_shape, self.layers = model, tuple(image_shape), list(layers)
-        self._forward = activation_fn(model, variables, self.layers, example)
+        self._forward = forward or activation_fn(model, variables, self.layers, example)
         shapes = jax.eval_shape(self._forward, example)
         self.units = {name: s.shape[-1] for name, s in shapes.items()}
         self.description = type(model).__name__

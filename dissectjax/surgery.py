@@ -62,7 +62,10 @@ class Wiring:
 
 
 def wiring(model: nn.Module, layer: str) -> Wiring:
-    """The wiring of ``layer`` in ``model`` (SceneNet's conv1-conv5)."""
+    """The wiring of ``layer`` in ``model``: SceneNet's conv1-conv5, or what a model that has a
+    ``unit_wiring(layer)`` method (e.g. an NNX module, :mod:`dissectjax.nnx_tools`) says."""
+    if hasattr(model, "unit_wiring"):
+        return model.unit_wiring(layer)
     if not isinstance(model, SceneNet):
         raise DissectError(f"surgery supports SceneNet layers so far, not {type(model).__name__}")
     names = [f"conv{i}" for i in range(1, len(model.widths) + 1)]

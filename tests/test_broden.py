@@ -100,7 +100,7 @@ def test_missing_segmentation_names_the_row(broken):
     os.remove(broken / "images" / name)
     ds = BrodenDataset(str(broken))
     row = int(name[2:5])
-    with pytest.raises(DissectError, match=rf"row {row + 2} .* is missing"):
+    with pytest.raises(DissectError, match=rf"line {row + 2} .* is missing"):
         ds.row(row)
 
 

@@ -20,6 +20,9 @@ SOWN = {
     "scenenet": ((64, 64, 3), {"conv1": (32, 32, 32), "conv2": (32, 32, 64), "conv5": (16, 16, 128)}),
     "resnet18": ((96, 80, 3), {"conv1": (48, 40, 64), "layer1": (24, 20, 64), "layer4": (3, 3, 512)}),
     "lenet5": ((32, 32, 1), {"conv1": (28, 28, 6), "conv2": (10, 10, 16), "fc1": (120,), "fc2": (84,)}),
+    "resnet50": ((64, 64, 3), {"layer1": (16, 16, 256), "layer4": (2, 2, 2048)}),
+    "alexnet": ((67, 67, 3), {"conv1": (16, 16, 64), "conv5": (3, 3, 256), "fc7": (4096,)}),
+    "vgg16": ((32, 32, 3), {"conv1_1": (32, 32, 64), "conv5_3": (2, 2, 512), "fc6": (4096,)}),
 }
 
 
@@ -37,7 +40,7 @@ def test_sown_layers(name):
 
 
 def test_unknown_names_list_the_alternatives():
-    with pytest.raises(DissectError, match="available models: lenet5, resnet18, scenenet"):
+    with pytest.raises(DissectError, match="available models: alexnet, lenet5, resnet18, resnet50, scenenet, vgg16"):
         build_model("alexnet9")
     model = build_model("lenet5")
     x = jnp.zeros((1, 32, 32, 1), jnp.uint8)

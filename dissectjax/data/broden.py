@@ -94,7 +94,11 @@ class BrodenDataset:
     indices laid out in a fixed number of layers (see :mod:`dissectjax.data.probe`).
     """
 
-    def __init__(self, root: str, split: str | None = None):
+    def __init__(self, root: str, split: str | None = None, skip_missing: bool = False):
+        """``split``: only rows of that index.csv split ("all" or None: every row).
+        ``skip_missing``: drop rows whose image or segmentation files are missing, listed in
+        ``self.skipped`` as (index.csv line, missing path); without it a missing file is an
+        error naming its row when the row is read."""
         self.root = os.fspath(root)
         if not os.path.isdir(self.root):
             raise DissectError(f"dataset directory {self.root!r} does not exist")
@@ -104,11 +108,16 @@ class BrodenDataset:
             raise DissectError(
                 f"{self.root}/index.csv must start with columns {','.join(INDEX_FIELDS)}; got {','.join(fields[:6])}"
             )
+        for line, row in enumerate(rows, start=2):
+            row["_line"] = line  # where errors point to, whatever rows a split keeps
         self.categories: tuple[str, ...] = tuple(fields[len(INDEX_FIELDS) :])
         if not self.categories:
             raise DissectError(f"{self.root}/index.csv has no category columns after {','.join(INDEX_FIELDS)}")
         if split is not None and split != "all":
             rows = [r for r in rows if r["split"] == split]
+        self.skipped: list[tuple[int, str]] = []
+        if skip_missing:
+            rows, self.skipped = self._present(rows)
         if not rows:
             raise DissectError(f"{self.root}/index.csv has no rows" + (f" in split {split!r}" if split else ""))
         self._rows = rows
@@ -119,6 +128,20 @@ class BrodenDataset:
         self.pixel_layers, self.max_image_labels = self._layout()
 
     # ---- metadata ---------------------------------------------------------------------
+    def _present(self, rows: list[dict]) -> tuple[list[dict], list[tuple[int, str]]]:
+        """(rows whose files all exist, [(index.csv line, first missing path)] of the others)."""
+        kept, skipped = [], []
+        for row in rows:
+            names = [row["image"]] + [
+                part for c in self.categories for part in _cell_parts(row[c]) if not part.isdigit()
+            ]  # fmt: skip
+            missing = next((self._path(n) for n in names if not os.path.isfile(self._path(n))), None)
+            if missing is None:
+                kept.append(row)
+            else:
+                skipped.append((int(row["_line"]), missing))
+        return kept, skipped
+
     def _parse_sizes(self, rows) -> np.ndarray:
         sizes = np.zeros((len(rows), 4), np.int64)
         for i, row in enumerate(rows):
@@ -126,11 +149,11 @@ class BrodenDataset:
                 sizes[i] = [int(row[k]) for k in ("ih", "iw", "sh", "sw")]
             except (TypeError, ValueError):
                 raise DissectError(
-                    f"{self.root}/index.csv row {i + 2} ({row.get('image')}): ih,iw,sh,sw must be integers"
+                    f"{self.root}/index.csv line {row['_line']} ({row.get('image')}): ih,iw,sh,sw must be integers"
                 ) from None
         if np.any(sizes <= 0):
             bad = int(np.argmax(np.any(sizes <= 0, axis=1)))
-            raise DissectError(f"{self.root}/index.csv row {bad + 2}: sizes must be positive")
+            raise DissectError(f"{self.root}/index.csv line {rows[bad]['_line']}: sizes must be positive")
         return sizes
 
     def _read_labels(self) -> list[LabelInfo]:
@@ -227,7 +250,7 @@ class BrodenDataset:
         return os.path.join(self.root, "images", name)
 
     def _where(self, i: int) -> str:
-        return f"{self.root}/index.csv row {i + 2} ({self._rows[i]['image']})"
+        return f"{self.root}/index.csv line {self._rows[i]['_line']} ({self._rows[i]['image']})"
 
     def load_image(self, i: int) -> np.ndarray:
         """uint8 [ih, iw, 3]."""
@@ -322,7 +345,7 @@ def write_broden(
                 cells[c] = ""
         if row.image is not None:
             Image.fromarray(np.asarray(row.image, np.uint8)).save(
-                os.path.join(root, "images", row.name), format=image_format
+                os.path.join(root, "images", row.name), format={"jpg": "jpeg"}.get(image_format.lower(), image_format)
             )
         index_rows.append([row.name, row.split, *row.image_size, *row.label_size] + [cells[c] for c in categories])
     with open(os.path.join(root, "index.csv"), "w", newline="") as f:

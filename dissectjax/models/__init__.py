@@ -8,12 +8,16 @@ import flax.linen as nn
 
 from dissectjax.errors import DissectError
 from dissectjax.models.lenet import LeNet5
-from dissectjax.models.resnet import ResNet, ResNet18
+from dissectjax.models.plain import AlexNet, PlainNet, VGG16Net
+from dissectjax.models.resnet import ResNet, ResNet18, ResNet50
 from dissectjax.models.scenenet import SceneNet
 
 MODELS: dict[str, Callable[..., nn.Module]] = {
     "scenenet": SceneNet,
     "resnet18": ResNet18,
+    "resnet50": ResNet50,
+    "alexnet": AlexNet,
+    "vgg16": VGG16Net,
     "lenet5": LeNet5,
 }
 
@@ -26,4 +30,15 @@ def build_model(name: str, **kwargs) -> nn.Module:
     return MODELS[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
 
 
-__all__ = ["MODELS", "LeNet5", "ResNet", "ResNet18", "SceneNet", "build_model"]
+__all__ = [
+    "MODELS",
+    "AlexNet",
+    "LeNet5",
+    "PlainNet",
+    "ResNet",
+    "ResNet18",
+    "ResNet50",
+    "SceneNet",
+    "VGG16Net",
+    "build_model",
+]

@@ -1,0 +1,130 @@
+"""TFDS builders for probe sets (array_record; prepared and read without TensorFlow).
+
+    synthetic scenes / a Broden directory (manual_dir) --builder--> DATA_DIR/NAME/CONFIG/VERSION/
+        features: image (PNG), pixel int32 [L, sh, sw] and image_labels int32 [M] (concept
+        indices, -1 = none, already normalized), plus concepts.csv beside the records
+
+Importing this module registers ``dissectjax_scenes`` and ``dissectjax_broden``. Prepare with
+:func:`prepare`; read with :class:`dissectjax.data.tfds_probe.TFDSProbe` (``--dataset
+tfds:NAME[:split]``). Records keep the source's row order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import ClassVar
+
+import numpy as np
+import tensorflow_datasets as tfds
+from PIL import Image
+
+from dissectjax.data.broden import BrodenDataset
+from dissectjax.errors import DissectError
+
+CONCEPTS_FILE = "concepts.csv"
+
+
+class _ProbeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """A probe set's rows as examples; subclasses say where the Broden-format rows come from."""
+
+    VERSION = tfds.core.Version("1.0.0")
+    RELEASE_NOTES: ClassVar[dict] = {"1.0.0": "First release."}
+
+    def __init__(self, *, source_dir: str | None = None, **kwargs):
+        self._source_dir = source_dir  # before the base class asks for the info
+        self._source: BrodenDataset | None = None
+        super().__init__(**kwargs)
+
+    def _probe(self, source_dir: str | None) -> BrodenDataset:
+        raise NotImplementedError
+
+    def _dataset(self) -> BrodenDataset:
+        if self._source is None:
+            self._source = self._probe(self._source_dir)
+        return self._source
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        ds = self._dataset()
+        shapes = np.unique(ds.shapes, axis=0)
+        if len(shapes) != 1:
+            raise DissectError(f"a TFDS probe set needs one image and label size; this one has {len(shapes)}")
+        ih, iw, sh, sw = (int(x) for x in shapes[0])
+        layers, most = max(ds.label_layers, 1), max(ds.max_image_labels, 1)
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description=f"{type(self).__doc__} Concept vocabulary: {CONCEPTS_FILE} beside the records.",
+            features=tfds.features.FeaturesDict(
+                {
+                    "image": tfds.features.Image(shape=(ih, iw, 3), dtype=np.uint8, encoding_format="png"),
+                    "pixel": tfds.features.Tensor(shape=(layers, sh, sw), dtype=np.int32, encoding="zlib"),
+                    "image_labels": tfds.features.Tensor(shape=(most,), dtype=np.int32),
+                }
+            ),
+            disable_shuffling=True,  # row i of the split is the source's i-th row of it
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager  # nothing is downloaded
+        ds = self._dataset()
+        splits = {}
+        for i, row in enumerate(ds._rows):
+            splits.setdefault(row["split"] or "train", []).append(i)
+        return {name: self._generate_examples(ds, rows) for name, rows in splits.items()}
+
+    def _generate_examples(self, ds: BrodenDataset, rows: list[int]):
+        for i in rows:
+            pixel, image = ds.labels(i)
+            if not pixel.shape[0]:
+                pixel = np.full((1, *ds.label_size(i)), -1, np.int32)
+            image = np.concatenate([image, np.full(max(1 - image.size, 0), -1, np.int32)])
+            yield f"{i:08d}", {"image": Image.fromarray(ds.load_image(i)), "pixel": pixel, "image_labels": image}
+
+    def _download_and_prepare(self, dl_manager, download_config):
+        from dissectjax.results import write_concepts
+
+        super()._download_and_prepare(dl_manager, download_config)
+        write_concepts(os.path.join(self.data_dir, CONCEPTS_FILE), self._dataset().concepts)
+
+
+@dataclasses.dataclass
+class ScenesConfig(tfds.core.BuilderConfig):
+    size: int = 1000
+    seed: int = 1
+
+
+class DissectjaxScenes(_ProbeBuilder):
+    """dissectjax's synthetic scenes (colors, objects, parts, textures, scenes)."""
+
+    BUILDER_CONFIGS: ClassVar[list] = [ScenesConfig(name="1000", size=1000), ScenesConfig(name="64", size=64)]
+
+    def _probe(self, manual_dir):
+        from dissectjax.data import synthetic
+
+        c = self.builder_config
+        return BrodenDataset(synthetic.ensure_broden(synthetic.SyntheticConfig(size=c.size, seed=c.seed)))
+
+
+class DissectjaxBroden(_ProbeBuilder):
+    """A Broden-format directory (e.g. broden1_224), read from the builder's manual_dir."""
+
+    def _probe(self, source_dir):
+        if not source_dir or not os.path.isfile(os.path.join(source_dir, "index.csv")):
+            raise DissectError(f"{source_dir!r} holds no Broden index.csv; give the Broden directory (--source)")
+        return BrodenDataset(source_dir)
+
+
+BUILDERS = {"dissectjax_scenes": DissectjaxScenes, "dissectjax_broden": DissectjaxBroden}
+
+
+def prepare(name: str, data_dir: str, config: str | None = None, source_dir: str | None = None) -> str:
+    """Prepares builder ``name`` (array_record) under ``data_dir``; returns the dataset's directory.
+
+    ``source_dir``: the Broden directory for ``dissectjax_broden`` (the builder's manual data).
+    """
+    if name not in BUILDERS:
+        raise DissectError(f"unknown builder {name!r}; builders: {', '.join(BUILDERS)}")
+    kwargs = {"config": config} if config else {}
+    builder = BUILDERS[name](data_dir=data_dir, file_format="array_record", source_dir=source_dir, **kwargs)
+    builder.download_and_prepare()
+    return str(builder.data_dir)

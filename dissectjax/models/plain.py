@@ -1,0 +1,76 @@
+"""Plain convolutional networks of the ImageNet era, in torchvision's layout: AlexNet and VGG-16.
+
+A network is a list of convolutions (each followed by ReLU, sown under its name) and max
+pools, an adaptive average pool, and three fully connected layers; that is all either
+needs, so one module serves both. Sown layers: AlexNet ``conv1``-``conv5``, VGG-16
+``conv1_1``-``conv5_3`` (after ReLU, as NetDissect dissects them), and ``fc6``, ``fc7``.
+Dropout is left out: it is the identity at evaluation, which is what dissection runs.
+Submodules are named after their place in torchvision's ``features`` / ``classifier``
+sequences (``features_0``, ``classifier_1``), so converted weights map by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import flax.linen as nn
+import jax
+
+from dissectjax.models.common import sow_layer
+from dissectjax.models.ops import IMAGENET_MEAN, IMAGENET_STD, adaptive_avg_pool, preprocess
+
+# (name, features, kernel, stride, padding) for a convolution; "pool" for a 3x3/2 (AlexNet) or 2x2/2 max pool
+ALEXNET = (
+    ("conv1", 64, 11, 4, 2), "pool", ("conv2", 192, 5, 1, 2), "pool", ("conv3", 384, 3, 1, 1),
+    ("conv4", 256, 3, 1, 1), ("conv5", 256, 3, 1, 1), "pool",
+)  # fmt: skip
+VGG16 = tuple(
+    item
+    for stage, (features, convs) in enumerate(((64, 2), (128, 2), (256, 3), (512, 3), (512, 3)), start=1)
+    for item in (*((f"conv{stage}_{i}", features, 3, 1, 1) for i in range(1, convs + 1)), "pool")
+)
+
+
+class PlainNet(nn.Module):
+    """Convolutions and pools from ``layers``, then adaptive pooling to ``pooled`` and fc6-fc8."""
+
+    layers: Sequence = ALEXNET
+    pool_window: int = 3  # AlexNet 3 (overlapping), VGG 2
+    pooled: tuple[int, int] = (6, 6)
+    classifier_index: tuple[int, int, int] = (1, 4, 6)  # AlexNet; VGG: (0, 3, 6)
+    hidden: int = 4096
+    num_classes: int = 1000
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
+    bgr: bool = False
+    value_range: float = 1.0
+
+    @nn.compact
+    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+        x = preprocess(images, self.mean, self.std, self.bgr, self.value_range)
+        index = 0  # position in torchvision's features sequence: conv, ReLU, ..., pool
+        for item in self.layers:
+            if item == "pool":
+                x = nn.max_pool(x, (self.pool_window,) * 2, (2, 2), padding="VALID")
+                index += 1
+            else:
+                name, features, kernel, stride, padding = item
+                x = nn.Conv(features, (kernel, kernel), stride, padding=padding, name=f"features_{index}")(x)
+                x = sow_layer(self, name, nn.relu(x))
+                index += 2
+        x = adaptive_avg_pool(x, tuple(self.pooled)).reshape(x.shape[0], -1)  # (h, w, c) order
+        fc6, fc7, fc8 = (f"classifier_{i}" for i in self.classifier_index)
+        x = sow_layer(self, "fc6", nn.relu(nn.Dense(self.hidden, name=fc6)(x)))
+        x = sow_layer(self, "fc7", nn.relu(nn.Dense(self.hidden, name=fc7)(x)))
+        return nn.Dense(self.num_classes, name=fc8)(x)
+
+
+def AlexNet(num_classes: int = 1000, **preprocessing) -> PlainNet:
+    return PlainNet(ALEXNET, 3, (6, 6), (1, 4, 6), num_classes=num_classes, **preprocessing)
+
+
+def VGG16Net(num_classes: int = 1000, **preprocessing) -> PlainNet:
+    return PlainNet(VGG16, 2, (7, 7), (0, 3, 6), num_classes=num_classes, **preprocessing)
+
+
+__all__ = ["ALEXNET", "VGG16", "AlexNet", "PlainNet", "VGG16Net"]
