@@ -1,6 +1,6 @@
 """An NNX model, end to end: trained, dissected, ablated and transplanted with the library's functions.
 
-    python experiments/nnx_example.py [--steps 1500] [--probe 500]
+    python experiments/nnx_example.py [--steps 800] [--probe 500]
 
 Two instances of ``ConvNet`` (``dissectjax.models.nnx_convnet``: three convolutions, sown
 ``conv1``-``conv3``) are trained from different seeds on synthetic scenes with a plain
@@ -31,11 +31,13 @@ from dissectjax.models.nnx_convnet import ConvNet
 from dissectjax.nnx_tools import Split, call, source
 from dissectjax.surgery import transplant, unit_mask, zero_out
 
+WIDTHS = (16, 32, 64)  # small enough to train in a few CPU minutes
 
-def train(seed: int, steps: int, batch: int = 64):
-    model = ConvNet(rngs=nnx.Rngs(seed))
+
+def train(seed: int, steps: int, batch: int = 32):
+    model = ConvNet(widths=WIDTHS, rngs=nnx.Rngs(seed))
     split = Split.of(model)
-    x, y = synthetic.generate_classification(synthetic.SyntheticConfig(size=12000, seed=100 + seed, image_size=64))
+    x, y = synthetic.generate_classification(synthetic.SyntheticConfig(size=4000, seed=100 + seed, image_size=64))
     tx = optax.adam(2e-3)
     variables = split.variables
     opt_state = tx.init(variables)
@@ -69,7 +71,7 @@ def per_class_accuracy(pred: np.ndarray, labels: np.ndarray, k: int) -> np.ndarr
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--steps", type=int, default=800)
     p.add_argument("--probe", type=int, default=500)
     p.add_argument("--images", type=int, default=1000, help="held-out scenes for accuracy")
     a = p.parse_args()

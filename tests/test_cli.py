@@ -47,7 +47,7 @@ def test_outputs_follow_the_contract(tmp_path, broden_dir):
 @pytest.mark.parametrize(
     "case, expect",
     [
-        ("missing-dataset", "neither 'synthetic' nor an existing Broden directory"),
+        ("missing-dataset", "is neither 'synthetic'"),
         ("malformed-dataset", "must start with columns"),
         ("wrong-rows", "rows but the dataset has"),
         ("wrong-rank", "expected 4 axes"),

@@ -108,3 +108,21 @@ def test_any_prepared_dataset_through_a_feature_mapping(tmp_path):
 def test_not_prepared_is_a_clear_error(tmp_path):
     with pytest.raises(DissectError, match=r"is not prepared under .*nothing is downloaded"):
         TFDSProbe("dissectjax_scenes/64", None, str(tmp_path))
+
+
+def test_broden_directory_builder(tmp_path):
+    from conftest import random_broden
+
+    random_broden(tmp_path / "mixed")  # two label sizes: one TFDS feature shape cannot hold both
+    with pytest.raises(DissectError, match="one image and label size"):
+        prepare("dissectjax_broden", str(tmp_path / "tfds_mixed"), source_dir=str(tmp_path / "mixed"))
+    random_broden(tmp_path / "uniform", sizes=((12, 12),))
+    prepare("dissectjax_broden", str(tmp_path / "tfds"), source_dir=str(tmp_path / "uniform"))
+    broden = BrodenDataset(str(tmp_path / "uniform"), split="val")
+    probe = TFDSProbe("dissectjax_broden", "val", str(tmp_path / "tfds"))
+    assert len(probe) == len(broden) > 0
+    for i in range(len(probe)):
+        np.testing.assert_array_equal(probe.load_image(i), broden.load_image(i))
+        np.testing.assert_array_equal(probe.labels(i)[0], broden.labels(i)[0])
+    with pytest.raises(DissectError, match="holds no Broden index.csv"):
+        prepare("dissectjax_broden", str(tmp_path / "tfds2"), source_dir=str(tmp_path))

@@ -41,13 +41,13 @@ class TFDSProbe:
 
     def __init__(self, name: str, split: str | None, data_dir: str, mapping: dict[str, str] | None = None):
         try:
-            import tensorflow_datasets as tfds
+            import tensorflow_datasets  # noqa: F401
         except ImportError:
             raise DissectError("tensorflow-datasets is not installed: pip install tensorflow-datasets") from None
-        import dissectjax.data.tfds_builders  # noqa: F401  registers dissectjax's builders
+        from tensorflow_datasets.core.read_only_builder import builder_from_files
 
-        try:
-            builder = tfds.builder(name, data_dir=data_dir)
+        try:  # from the prepared files alone: no builder code runs, nothing can be generated or downloaded
+            builder = builder_from_files(name, data_dir=data_dir)
             split = split or next(iter(builder.info.splits))
             self._source = builder.as_data_source(split=split)
         except Exception as e:  # tfds raises many types for "not prepared here"
