@@ -1,0 +1,192 @@
+"""Localizing pieces (issue 9): the concept-whitening layer, concept supervision, regularizers."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from dissectjax.localize import (
+    ConceptWhitening,
+    LossTerm,
+    alignment_loss,
+    cayley,
+    class_selectivity_loss,
+    concept_supervision_loss,
+    l1_activity,
+    total_loss,
+    whitening_matrix,
+)
+from dissectjax.localize.whitening import WHITENED
+from dissectjax.models.scenenet import SceneNet
+from dissectjax.train import cross_entropy
+
+
+def test_cayley_is_orthogonal_and_the_identity_at_zero():
+    s = jax.random.normal(jax.random.key(0), (12, 12))
+    r = cayley(s)
+    np.testing.assert_allclose(r.T @ r, np.eye(12), atol=1e-5)
+    np.testing.assert_array_equal(cayley(jnp.zeros((5, 5))), np.eye(5))
+
+
+def test_whitening_matrix_whitens():
+    a = jax.random.normal(jax.random.key(1), (500, 6)) @ jax.random.normal(jax.random.key(2), (6, 6))
+    cov = jnp.cov(a.T, bias=True)
+    w = whitening_matrix(cov, iterations=40)
+    np.testing.assert_allclose(w @ cov @ w, np.eye(6), atol=1e-3)
+
+
+class Tiny(nn.Module):
+    """conv -> concept whitening -> pooled linear classifier."""
+
+    @nn.compact
+    def __call__(self, x, train=False):
+        x = nn.Conv(6, (3, 3))(x)
+        x = ConceptWhitening(iterations=8, name="cw")(x, train)
+        return nn.Dense(3)(x.mean(axis=(1, 2)))
+
+
+def tiny_problem(seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.normal(size=(16, 8, 8, 3)).astype(np.float32)
+    y = rng.integers(0, 3, 16)
+    masks = np.zeros((16, 8, 8, 2), np.float32)  # two "concepts": the left and the bright half
+    masks[:, :, :4, 0] = 1
+    masks[..., 1] = x.mean(-1) > 0
+    return jnp.asarray(x), jnp.asarray(y), jnp.asarray(masks)
+
+
+def train_tiny(align_weight, steps=25):
+    model = Tiny()
+    x, y, masks = tiny_problem()
+    variables = model.init(jax.random.key(0), x)
+    params, stats = variables["params"], variables["batch_stats"]
+    opt = optax.adam(0.05)
+    state = opt.init(params)
+
+    @jax.jit
+    def step(params, stats, state):
+        def loss_fn(p):
+            logits, out = model.apply({"params": p, "batch_stats": stats}, x, train=True,
+                                      mutable=["batch_stats", WHITENED])  # fmt: skip
+            z = out[WHITENED]["cw"]["z"]
+            terms = [
+                LossTerm(
+                    "align",
+                    align_weight,
+                    lambda inter, batch: alignment_loss(inter["z"], p["cw"]["rotation"], batch["masks"]),
+                )
+            ]
+            loss, _ = total_loss(cross_entropy(logits, y), terms, {"z": z}, {"masks": masks})
+            return loss, out["batch_stats"]
+
+        (_, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), new_stats, state
+
+    rotations = []
+    for _ in range(steps):
+        params, stats, state = step(params, stats, state)
+        rotations.append(cayley(params["cw"]["rotation"]))
+    return model, params, stats, rotations
+
+
+def test_alignment_weight_zero_is_plain_whitening():
+    _, params, stats, _ = train_tiny(0.0)
+    np.testing.assert_array_equal(params["cw"]["rotation"], 0.0)  # the task loss never moves the rotation
+    h = jax.random.normal(jax.random.key(7), (4, 8, 8, 6))
+    layer = {"params": params["cw"], "batch_stats": stats["cw"]}
+    for train in (False, True):
+        out, sown = ConceptWhitening(iterations=8).apply(layer, h, train, mutable=[WHITENED, "batch_stats"])
+        np.testing.assert_array_equal(out, sown[WHITENED]["z"])  # the rotation is the identity: output = whitened
+
+
+def test_rotation_stays_orthogonal_and_aligns():
+    model, params, stats, rotations = train_tiny(1.0, steps=40)
+    for r in rotations:
+        np.testing.assert_allclose(r.T @ r, np.eye(6), atol=1e-5)
+    assert np.abs(params["cw"]["rotation"]).max() > 1e-3  # it moved
+    x, _, masks = tiny_problem()
+    _, out = model.apply({"params": params, "batch_stats": stats}, x, train=True, mutable=["batch_stats", WHITENED])
+    z = out[WHITENED]["cw"]["z"]
+    before = alignment_loss(z, jnp.zeros((6, 6)), masks)
+    after = alignment_loss(z, params["cw"]["rotation"], masks)
+    assert after < before - 0.1, (before, after)
+
+
+def test_concept_loss_gradient_matches_finite_differences():
+    rng = np.random.default_rng(3)
+    maps = jnp.asarray(rng.normal(size=(2, 4, 4, 2)), jnp.float32)
+    masks = jnp.asarray(rng.random((2, 8, 8, 2)) < 0.3)
+    loss = lambda m: concept_supervision_loss(m, masks, pos_weight=3.0)
+    grad = np.asarray(jax.grad(loss)(maps))
+    eps = 1e-2
+    for index in [(0, 0, 0, 0), (1, 2, 3, 1), (0, 3, 1, 0), (1, 1, 1, 1)]:
+        e = np.zeros(maps.shape, np.float32)
+        e[index] = eps
+        numeric = (float(loss(maps + e)) - float(loss(maps - e))) / (2 * eps)
+        assert grad[index] == pytest.approx(numeric, rel=2e-2, abs=1e-5)
+
+
+def test_class_selectivity_matches_numpy():
+    rng = np.random.default_rng(4)
+    acts = rng.random((10, 3, 3, 5)).astype(np.float32)
+    labels = np.array([0, 0, 1, 1, 1, 2, 2, 0, 1, 2])
+    per_image = acts.mean(axis=(1, 2))
+    means = np.stack([per_image[labels == k].mean(0) for k in range(4) if np.any(labels == k)])  # class 3 absent
+    top = means.max(0)
+    rest = (means.sum(0) - top) / (len(means) - 1)
+    expected = -np.mean((top - rest) / (top + rest + 1e-6))
+    assert float(class_selectivity_loss(jnp.asarray(acts), jnp.asarray(labels), 4)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_zero_strength_regularizers_leave_training_bit_identical():
+    model = SceneNet(num_classes=4, widths=(8, 8, 8, 8, 8))
+    rng = np.random.default_rng(5)
+    x = jnp.asarray(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))
+    y = jnp.asarray(rng.integers(0, 4, 8))
+    variables = model.init(jax.random.key(0), x)
+    opt = optax.adam(1e-2)
+
+    def run(strength):
+        selectivity = lambda inter, b: class_selectivity_loss(inter["conv5"], b["y"], 4)
+        terms = [LossTerm("l1", strength, lambda inter, b: l1_activity(inter["conv5"])),
+                 LossTerm("selectivity", strength, selectivity)]  # fmt: skip
+
+        @jax.jit
+        def step(params, stats, state):
+            def loss_fn(p):
+                logits, out = model.apply({"params": p, "batch_stats": stats}, x, train=True,
+                                          mutable=["batch_stats", "intermediates"])  # fmt: skip
+                loss, _ = total_loss(cross_entropy(logits, y), terms, out["intermediates"], {"y": y})
+                return loss, out["batch_stats"]
+
+            (_, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            updates, state = opt.update(grads, state, params)
+            return optax.apply_updates(params, updates), new_stats, state
+
+        params, stats, state = variables["params"], variables["batch_stats"], opt.init(variables["params"])
+        for _ in range(3):
+            params, stats, state = step(params, stats, state)
+        return params
+
+    def baseline():
+        @jax.jit
+        def step(params, stats, state):
+            def loss_fn(p):
+                logits, out = model.apply({"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
+                return cross_entropy(logits, y), out["batch_stats"]
+
+            (_, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+            updates, state = opt.update(grads, state, params)
+            return optax.apply_updates(params, updates), new_stats, state
+
+        params, stats, state = variables["params"], variables["batch_stats"], opt.init(variables["params"])
+        for _ in range(3):
+            params, stats, state = step(params, stats, state)
+        return params
+
+    plain, zero, strong = baseline(), run(0.0), run(0.5)
+    assert jax.tree.all(jax.tree.map(np.array_equal, plain, zero))
+    assert not jax.tree.all(jax.tree.map(np.array_equal, plain, strong))
