@@ -17,14 +17,15 @@ import jax.numpy as jnp
 from dissectjax.stats.upsample import upsample
 
 
-def concept_supervision_loss(maps: jax.Array, masks: jax.Array, pos_weight: float = 1.0) -> jax.Array:
+def concept_supervision_loss(maps: jax.Array, masks: jax.Array, pos_weight: float = 1.0, offset: float = 0.0):
     """Per-pixel logistic loss between chosen units' maps and their target concepts' masks.
 
-    maps: float [B, h, w, K] (unit k's activation is the logit of concept k being there);
+    maps: float [B, h, w, K] (unit k's activation minus ``offset`` is the logit of concept k
+    being there; an offset lets a rectified unit say "absent" with its zero);
     masks: [B, S, S', K] in {0, 1} at the label resolution; maps are upsampled to it
     bilinearly (as dissection does). ``pos_weight`` weighs concept pixels (they are rare).
     """
-    logits = upsample(maps, masks.shape[1:3])
+    logits = upsample(maps, masks.shape[1:3]) - offset
     target = masks.astype(jnp.float32)
     # softplus(-x) = -log sigmoid(x); softplus(x) = -log(1 - sigmoid(x))
     per_pixel = pos_weight * target * jax.nn.softplus(-logits) + (1.0 - target) * jax.nn.softplus(logits)

@@ -28,6 +28,7 @@ class SceneNet(nn.Module):
     num_classes: int = 12
     widths: Sequence[int] = (32, 64, 96, 96, 128)
     batch_norm: bool = True
+    whiten: Sequence[str] = ()  # layers whose BatchNorm is a concept-whitening layer (dissectjax.localize)
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False, from_layer: str | None = None) -> jax.Array:
@@ -60,7 +61,11 @@ class SceneNet(nn.Module):
                 use_bias=not self.batch_norm,
                 name=f"block{i}_conv",
             )(x)
-            if self.batch_norm:
+            if f"conv{i}" in self.whiten:
+                from dissectjax.localize.whitening import ConceptWhitening
+
+                x = ConceptWhitening(name=f"block{i}_cw")(x, train)
+            elif self.batch_norm:
                 x = nn.BatchNorm(use_running_average=not train, momentum=0.9, name=f"block{i}_bn")(x)
             x = sow_layer(self, f"conv{i}", nn.relu(x))
             if i == 2:
