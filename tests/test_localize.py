@@ -18,6 +18,7 @@ from dissectjax.localize import (
     total_loss,
     whitening_matrix,
 )
+from dissectjax.localize.training import make_step
 from dissectjax.localize.whitening import WHITENED
 from dissectjax.models.scenenet import SceneNet
 from dissectjax.train import cross_entropy
@@ -142,51 +143,38 @@ def test_class_selectivity_matches_numpy():
 
 
 def test_zero_strength_regularizers_leave_training_bit_identical():
+    """make_step with terms of strength 0 trains bit-identically to a plain cross-entropy step."""
     model = SceneNet(num_classes=4, widths=(8, 8, 8, 8, 8))
     rng = np.random.default_rng(5)
-    x = jnp.asarray(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8))
-    y = jnp.asarray(rng.integers(0, 4, 8))
-    variables = model.init(jax.random.key(0), x)
+    batch = {"images": jnp.asarray(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)),
+             "labels": jnp.asarray(rng.integers(0, 4, 8))}  # fmt: skip
+    variables = model.init(jax.random.key(0), batch["images"])
     opt = optax.adam(1e-2)
 
-    def run(strength):
-        selectivity = lambda inter, b: class_selectivity_loss(inter["conv5"], b["y"], 4)
-        terms = [LossTerm("l1", strength, lambda inter, b: l1_activity(inter["conv5"])),
-                 LossTerm("selectivity", strength, selectivity)]  # fmt: skip
+    def terms(strength):
+        selectivity = lambda inter, b: class_selectivity_loss(inter["layers"]["conv5"], b["labels"], 4)
+        return [LossTerm("l1", strength, lambda inter, b: l1_activity(inter["layers"]["conv5"])),
+                LossTerm("selectivity", strength, selectivity)]  # fmt: skip
 
-        @jax.jit
-        def step(params, stats, state):
-            def loss_fn(p):
-                logits, out = model.apply({"params": p, "batch_stats": stats}, x, train=True,
-                                          mutable=["batch_stats", "intermediates"])  # fmt: skip
-                loss, _ = total_loss(cross_entropy(logits, y), terms, out["intermediates"], {"y": y})
-                return loss, out["batch_stats"]
-
-            (_, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            updates, state = opt.update(grads, state, params)
-            return optax.apply_updates(params, updates), new_stats, state
-
+    def run(step):
         params, stats, state = variables["params"], variables["batch_stats"], opt.init(variables["params"])
         for _ in range(3):
-            params, stats, state = step(params, stats, state)
+            params, stats, state, *_ = step(params, stats, state, batch)
         return params
 
-    def baseline():
-        @jax.jit
-        def step(params, stats, state):
-            def loss_fn(p):
-                logits, out = model.apply({"params": p, "batch_stats": stats}, x, train=True, mutable=["batch_stats"])
-                return cross_entropy(logits, y), out["batch_stats"]
+    @jax.jit
+    def plain(params, stats, state, batch):
+        def loss_fn(p):
+            logits, out = model.apply({"params": p, "batch_stats": stats}, batch["images"], train=True,
+                                      mutable=["batch_stats"])  # fmt: skip
+            return cross_entropy(logits, batch["labels"]), out["batch_stats"]
 
-            (_, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-            updates, state = opt.update(grads, state, params)
-            return optax.apply_updates(params, updates), new_stats, state
+        (_, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        updates, state = opt.update(grads, state, params)
+        return optax.apply_updates(params, updates), new_stats, state
 
-        params, stats, state = variables["params"], variables["batch_stats"], opt.init(variables["params"])
-        for _ in range(3):
-            params, stats, state = step(params, stats, state)
-        return params
-
-    plain, zero, strong = baseline(), run(0.0), run(0.5)
-    assert jax.tree.all(jax.tree.map(np.array_equal, plain, zero))
-    assert not jax.tree.all(jax.tree.map(np.array_equal, plain, strong))
+    baseline = run(plain)
+    zero = run(make_step(model, opt, terms(0.0)))
+    strong = run(make_step(model, opt, terms(0.5)))
+    assert jax.tree.all(jax.tree.map(np.array_equal, baseline, zero))
+    assert not jax.tree.all(jax.tree.map(np.array_equal, baseline, strong))

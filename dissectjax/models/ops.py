@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
@@ -26,6 +27,19 @@ def preprocess(images: jax.Array, mean: Sequence[float], std: Sequence[float], b
         x = x[..., ::-1]
     x = x * value_range
     return (x - jnp.asarray(mean, jnp.float32)) / jnp.asarray(std, jnp.float32)
+
+
+class ImageNetInput(nn.Module):
+    """Fields and method shared by models that take ImageNet-style inputs: how the pixels they
+    were trained on were prepared (saved with a checkpoint as model arguments)."""
+
+    mean: Sequence[float] = IMAGENET_MEAN
+    std: Sequence[float] = IMAGENET_STD
+    bgr: bool = False
+    value_range: float = 1.0
+
+    def normalize(self, images: jax.Array) -> jax.Array:
+        return preprocess(images, self.mean, self.std, self.bgr, self.value_range)
 
 
 def adaptive_avg_pool(x: jax.Array, size: tuple[int, int]) -> jax.Array:

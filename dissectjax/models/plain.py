@@ -17,7 +17,7 @@ import flax.linen as nn
 import jax
 
 from dissectjax.models.common import sow_layer
-from dissectjax.models.ops import IMAGENET_MEAN, IMAGENET_STD, adaptive_avg_pool, preprocess
+from dissectjax.models.ops import ImageNetInput, adaptive_avg_pool
 
 # (name, features, kernel, stride, padding) for a convolution; "pool" for a 3x3/2 (AlexNet) or 2x2/2 max pool
 ALEXNET = (
@@ -31,7 +31,7 @@ VGG16 = tuple(
 )
 
 
-class PlainNet(nn.Module):
+class PlainNet(ImageNetInput):
     """Convolutions and pools from ``layers``, then adaptive pooling to ``pooled`` and fc6-fc8."""
 
     layers: Sequence = ALEXNET
@@ -40,14 +40,10 @@ class PlainNet(nn.Module):
     classifier_index: tuple[int, int, int] = (1, 4, 6)  # AlexNet; VGG: (0, 3, 6)
     hidden: int = 4096
     num_classes: int = 1000
-    mean: Sequence[float] = IMAGENET_MEAN
-    std: Sequence[float] = IMAGENET_STD
-    bgr: bool = False
-    value_range: float = 1.0
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-        x = preprocess(images, self.mean, self.std, self.bgr, self.value_range)
+        x = self.normalize(images)
         index = 0  # position in torchvision's features sequence: conv, ReLU, ..., pool
         for item in self.layers:
             if item == "pool":
@@ -66,11 +62,13 @@ class PlainNet(nn.Module):
 
 
 def AlexNet(num_classes: int = 1000, **preprocessing) -> PlainNet:
-    return PlainNet(ALEXNET, 3, (6, 6), (1, 4, 6), num_classes=num_classes, **preprocessing)
+    return PlainNet(layers=ALEXNET, pool_window=3, pooled=(6, 6), classifier_index=(1, 4, 6), num_classes=num_classes,
+                    **preprocessing)  # fmt: skip
 
 
 def VGG16Net(num_classes: int = 1000, **preprocessing) -> PlainNet:
-    return PlainNet(VGG16, 2, (7, 7), (0, 3, 6), num_classes=num_classes, **preprocessing)
+    return PlainNet(layers=VGG16, pool_window=2, pooled=(7, 7), classifier_index=(0, 3, 6), num_classes=num_classes,
+                    **preprocessing)  # fmt: skip
 
 
 __all__ = ["ALEXNET", "VGG16", "AlexNet", "PlainNet", "VGG16Net"]

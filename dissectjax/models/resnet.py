@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from dissectjax.models.common import sow_layer
-from dissectjax.models.ops import IMAGENET_MEAN, IMAGENET_STD, preprocess
+from dissectjax.models.ops import ImageNetInput
 
 
 def _norm(train: bool, name: str) -> nn.BatchNorm:
@@ -59,19 +59,15 @@ class Bottleneck(nn.Module):
         return nn.relu(x + y)
 
 
-class ResNet(nn.Module):
+class ResNet(ImageNetInput):
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
     num_classes: int = 1000
     width: int = 64
     bottleneck: bool = False
-    mean: Sequence[float] = IMAGENET_MEAN
-    std: Sequence[float] = IMAGENET_STD
-    bgr: bool = False
-    value_range: float = 1.0
 
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
-        x = preprocess(images, self.mean, self.std, self.bgr, self.value_range)
+        x = self.normalize(images)
         x = nn.Conv(self.width, (7, 7), 2, padding=3, use_bias=False, name="stem_conv")(x)
         x = sow_layer(self, "conv1", nn.relu(_norm(train, "stem_bn")(x)))
         x = nn.max_pool(x, (3, 3), (2, 2), padding=((1, 1), (1, 1)))
@@ -86,8 +82,8 @@ class ResNet(nn.Module):
 
 
 def ResNet18(num_classes: int = 1000, **preprocessing) -> ResNet:
-    return ResNet((2, 2, 2, 2), num_classes, **preprocessing)
+    return ResNet(stage_sizes=(2, 2, 2, 2), num_classes=num_classes, **preprocessing)
 
 
 def ResNet50(num_classes: int = 1000, **preprocessing) -> ResNet:
-    return ResNet((3, 4, 6, 3), num_classes, bottleneck=True, **preprocessing)
+    return ResNet(stage_sizes=(3, 4, 6, 3), num_classes=num_classes, bottleneck=True, **preprocessing)
