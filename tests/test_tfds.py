@@ -124,5 +124,5 @@ def test_broden_directory_builder(tmp_path):
     for i in range(len(probe)):
         np.testing.assert_array_equal(probe.load_image(i), broden.load_image(i))
         np.testing.assert_array_equal(probe.labels(i)[0], broden.labels(i)[0])
-    with pytest.raises(DissectError, match="holds no Broden index.csv"):
+    with pytest.raises(DissectError, match=r"holds no Broden index\.csv"):
         prepare("dissectjax_broden", str(tmp_path / "tfds2"), source_dir=str(tmp_path))
