@@ -17,6 +17,13 @@ unique detectors (probe set synthetic:1000, seed 1); for each target, the IoU of
 the drop on scenes that do not); and the rotation control (the same IoU after a random
 rotation of conv5: an aligned unit should lose it). Prints the table (mean and spread over
 seeds), writes rows.csv and a plot into --out.
+
+Transplant success (``--transplant``): for each seed, the target units 0..3 of the concept-
+supervised network are moved into the baseline network of the same seed, each into its
+matched conv5 slot (correlation on held-out scenes), with its filter's inputs reordered by
+the conv4 matching and its outgoing classifier weights copied. Reported: the moved slot's
+IoU with the target in the receiving network (does it keep its concept?), the receiving
+network's accuracy, and the ablation specificity of the moved slot there (does it use it?).
 """
 
 import argparse
@@ -35,9 +42,10 @@ from dissectjax.data import synthetic
 from dissectjax.dissect import DissectConfig, dissect
 from dissectjax.localize import LossTerm, alignment_loss, concept_supervision_loss, l1_activity
 from dissectjax.localize.training import make_step, scenes_with_masks, shuffled_batches, to_device
+from dissectjax.matching import layer_matching
 from dissectjax.models.scenenet import SceneNet
 from dissectjax.sources import ModelSource
-from dissectjax.surgery import unit_mask, zero_out
+from dissectjax.surgery import transplant, unit_mask, zero_out
 
 TARGETS = ("triangle", "star", "crown", "wheel")
 VARIANTS = {
@@ -92,7 +100,7 @@ def predictions(model, variables, images):
 
 
 def measure(model, variables, probe, held, targets, seed):
-    images, labels, masks = held
+    images, labels, _ = held
     correct = predictions(model, variables, images) == labels
     source = ModelSource(model, variables, [LAYER], images.shape[1:])
     r = dissect(source, probe, DissectConfig(batch_size=100))[LAYER]
@@ -107,13 +115,35 @@ def measure(model, variables, probe, held, targets, seed):
         out[f"best_unit_{k}"] = int(np.argmax(r.iou[:, c]))
     for k in range(len(targets)):
         for tag, u in (("own", k), ("best", out[f"best_unit_{k}"])):
-            ablated = zero_out(model, variables, LAYER, unit_mask(model, LAYER, [u]))
-            after = predictions(model, ablated, images) == labels
-            has = masks[..., k].any(axis=(1, 2))
-            drop_with = correct[has].mean() - after[has].mean()
-            drop_without = correct[~has].mean() - after[~has].mean()
-            out[f"specificity_{tag}_{k}"] = float(drop_with - drop_without)
+            out[f"specificity_{tag}_{k}"] = specificity(model, variables, u, held, k, correct)
     return out
+
+
+def specificity(model, variables, unit, held, k, correct):
+    """Accuracy drop on held-out scenes with target k minus the drop on the others, when ``unit`` is zeroed."""
+    images, labels, masks = held
+    ablated = zero_out(model, variables, LAYER, unit_mask(model, LAYER, [unit]))
+    kept = predictions(model, ablated, images) == labels
+    has = masks[..., k].any(axis=(1, 2))
+    return float((correct[has].mean() - kept[has].mean()) - (correct[~has].mean() - kept[~has].mean()))
+
+
+def transplant_success(trained, probe, held, targets, seed):
+    """Moves the concept network's target units into the baseline of the same seed (matched slots)."""
+    (model, donor), (_, receiver) = trained["concept"], trained["baseline"]
+    images, labels, _ = held
+    here = layer_matching(model, donor, model, receiver, LAYER, images).slot
+    below = layer_matching(model, donor, model, receiver, "conv4", images).slot
+    units = list(range(len(targets)))
+    slots = [int(here[u]) for u in units]
+    moved = transplant(model, donor, receiver, LAYER, units, slots, below, outgoing=True, output_matching=None)
+    r = dissect(ModelSource(model, moved, [LAYER], images.shape[1:]), probe, DissectConfig(batch_size=100))[LAYER]
+    correct = predictions(model, moved, images) == labels
+    base = predictions(model, receiver, images) == labels
+    return [{"seed": seed, "target": k, "slot": slot, "iou_after": float(r.iou[slot, c]),
+             "accuracy_before": float(base.mean()), "accuracy_after": float(correct.mean()),
+             "specificity_after": specificity(model, moved, slot, held, k, correct)}
+            for k, (slot, c) in enumerate(zip(slots, targets))]  # fmt: skip
 
 
 def main():
@@ -124,6 +154,7 @@ def main():
     p.add_argument("--held", type=int, default=1000)
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--out", default="localize-out")
+    p.add_argument("--transplant", action="store_true", help="also move the concept units into the baseline")
     a = p.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
     probe, _ = open_dataset("synthetic", lambda x, **_: x, lambda *_: None)
@@ -136,11 +167,13 @@ def main():
     print(f"data: {a.train} training and {a.held} held-out scenes with masks ({time.perf_counter() - start:.0f} s); "
           f"targets {', '.join(TARGETS)} -> conv5 units 0..{len(TARGETS) - 1}", flush=True)  # fmt: skip
     os.makedirs(a.out, exist_ok=True)
-    rows = []
-    for name in a.variants.split(","):
-        for seed in seeds:
+    rows, moves = [], []
+    for seed in seeds:
+        trained = {}
+        for name in a.variants.split(","):
             t = time.perf_counter()
             model, variables = train(VARIANTS[name], seed, data, a.epochs, len(TARGETS))
+            trained[name] = (model, variables)
             m = measure(model, variables, probe, held, targets, seed)
             rows.append({"variant": name, "seed": seed, **m})
             own = np.mean([m[f"iou_{k}"] for k in range(len(TARGETS))])
@@ -152,7 +185,13 @@ def main():
                 w = csv.DictWriter(f, fieldnames=list(rows[0]))
                 w.writeheader()
                 w.writerows(rows)
-    summarize(rows, a.out)
+        if a.transplant and {"baseline", "concept"} <= set(trained):
+            moves += transplant_success(trained, probe, held, targets, seed)
+            for m in moves[-len(TARGETS) :]:
+                print(f"transplant seed {seed} {TARGETS[m['target']]}: slot {m['slot']}, IoU in the baseline "
+                      f"{m['iou_after']:.3f}, accuracy {m['accuracy_before']:.3f} -> {m['accuracy_after']:.3f}, "
+                      f"specificity {m['specificity_after']:+.3f}", flush=True)  # fmt: skip
+    summarize(sorted(rows, key=lambda r: list(VARIANTS).index(r["variant"])), a.out)
 
 
 def summarize(rows, out):
