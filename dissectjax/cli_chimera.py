@@ -12,9 +12,9 @@ results into ``--out`` beside a dissection's outputs (which it leaves in place):
 from __future__ import annotations
 
 import csv
+import io
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -36,15 +36,14 @@ def _ints(text: str, flag: str) -> list[int]:
 
 
 def write_csv(path: str, rows: list[dict]) -> None:
-    """Writes rows atomically (temporary file, then rename), creating the folder."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".csv")
-    with os.fdopen(fd, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    os.replace(tmp, path)
+    """Writes rows atomically (:func:`dissectjax.results.write_atomic`), creating the folder."""
+    from dissectjax.results import write_atomic
+
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_atomic(path, text.getvalue().encode())
     print(f"wrote {path}", file=sys.stderr)
 
 

@@ -124,6 +124,22 @@ def write_counts(path: str, result: LayerResult) -> None:
     )
 
 
+def write_atomic(path: str, data: bytes) -> None:
+    """Writes ``data`` to ``path`` through a temporary file in the same folder, then renames it
+    (readers see the old file or the new one, never a part); the folder is created if needed."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the file from other users
+        os.replace(tmp, path)
+    except BaseException:
+        os.remove(tmp)
+        raise
+
+
 def looks_like_output(path: str) -> bool:
     return os.path.isfile(os.path.join(path, "summary.json"))
 

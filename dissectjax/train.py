@@ -60,12 +60,16 @@ def _predict(model, variables, images):
     return jnp.argmax(model.apply(variables, images, train=False), axis=-1)
 
 
+def predict(model: nn.Module, variables, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """int [N]: the predicted class of each image (one compiled program per model and batch shape)."""
+    parts = [
+        _predict(model, variables, jnp.asarray(images[i : i + batch_size])) for i in range(0, len(images), batch_size)
+    ]
+    return np.concatenate([np.asarray(p) for p in parts])
+
+
 def accuracy(model: nn.Module, variables, images: np.ndarray, labels: np.ndarray, batch_size: int = 256) -> float:
-    correct = 0
-    for start in range(0, len(images), batch_size):
-        pred = _predict(model, variables, jnp.asarray(images[start : start + batch_size]))
-        correct += int(np.sum(np.asarray(pred) == labels[start : start + batch_size]))
-    return correct / len(images)
+    return float(np.mean(predict(model, variables, images, batch_size) == labels))
 
 
 def train_scene_classifier(model: nn.Module, config: TrainConfig, log: Callable[[str], None] = print):

@@ -46,6 +46,7 @@ from dissectjax.matching import layer_matching
 from dissectjax.models.scenenet import SceneNet
 from dissectjax.sources import ModelSource
 from dissectjax.surgery import transplant, unit_mask, zero_out
+from dissectjax.train import predict
 
 TARGETS = ("triangle", "star", "crown", "wheel")
 VARIANTS = {
@@ -92,16 +93,9 @@ def train(variant: dict, seed: int, data, epochs: int, k: int):
     return model, {"params": params, "batch_stats": stats}
 
 
-def predictions(model, variables, images):
-    fn = jax.jit(lambda v, x: jnp.argmax(model.apply(v, x), -1))
-    return np.concatenate(
-        [np.asarray(fn(variables, jnp.asarray(images[i : i + 250]))) for i in range(0, len(images), 250)]
-    )
-
-
 def measure(model, variables, probe, held, targets, seed):
     images, labels, _ = held
-    correct = predictions(model, variables, images) == labels
+    correct = predict(model, variables, images) == labels
     source = ModelSource(model, variables, [LAYER], images.shape[1:])
     r = dissect(source, probe, DissectConfig(batch_size=100))[LAYER]
     units = r.units
@@ -123,7 +117,7 @@ def specificity(model, variables, unit, held, k, correct):
     """Accuracy drop on held-out scenes with target k minus the drop on the others, when ``unit`` is zeroed."""
     images, labels, masks = held
     ablated = zero_out(model, variables, LAYER, unit_mask(model, LAYER, [unit]))
-    kept = predictions(model, ablated, images) == labels
+    kept = predict(model, ablated, images) == labels
     has = masks[..., k].any(axis=(1, 2))
     return float((correct[has].mean() - kept[has].mean()) - (correct[~has].mean() - kept[~has].mean()))
 
@@ -138,8 +132,8 @@ def transplant_success(trained, probe, held, targets, seed):
     slots = [int(here[u]) for u in units]
     moved = transplant(model, donor, receiver, LAYER, units, slots, below, outgoing=True, output_matching=None)
     r = dissect(ModelSource(model, moved, [LAYER], images.shape[1:]), probe, DissectConfig(batch_size=100))[LAYER]
-    correct = predictions(model, moved, images) == labels
-    base = predictions(model, receiver, images) == labels
+    correct = predict(model, moved, images) == labels
+    base = predict(model, receiver, images) == labels
     return [{"seed": seed, "target": k, "slot": slot, "iou_after": float(r.iou[slot, c]),
              "accuracy_before": float(base.mean()), "accuracy_after": float(correct.mean()),
              "specificity_after": specificity(model, moved, slot, held, k, correct)}

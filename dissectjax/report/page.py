@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 
 from dissectjax.report import html as h
 from dissectjax.report.dissection import Dissection
 from dissectjax.report.plots import detectors_per_category
 from dissectjax.report.views import LayerView
+from dissectjax.results import write_atomic
 
 SCRIPT = """
 const $ = (id) => document.getElementById(id);
@@ -86,25 +86,12 @@ def render(dissection: Dissection) -> tuple[str, dict[str, bytes]]:
     return h.page(f"dissection: {s.get('model', '')}", body, SCRIPT), {"detectors_per_category.png": png}
 
 
-def _write_atomic(path: str, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=os.path.dirname(path))
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would hide the report from other users
-        os.replace(tmp, path)
-    except BaseException:
-        os.remove(tmp)
-        raise
-
-
 def write_report(directory: str, out: str | None = None) -> str:
     """Writes ``report.html`` (default: into ``directory``) and ``plots/*.png`` beside it; returns its path."""
     dissection = Dissection.load(directory)
     document, plots = render(dissection)
     out = os.path.abspath(out or os.path.join(directory, "report.html"))
-    os.makedirs(os.path.join(os.path.dirname(out), "plots"), exist_ok=True)
     for name, png in plots.items():
-        _write_atomic(os.path.join(os.path.dirname(out), "plots", name), png)
-    _write_atomic(out, document.encode())
+        write_atomic(os.path.join(os.path.dirname(out), "plots", name), png)
+    write_atomic(out, document.encode())
     return out
