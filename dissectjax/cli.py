@@ -11,6 +11,8 @@ from collections.abc import Sequence
 
 from dissectjax.cli_chimera import add_parsers as add_chimera_parsers
 from dissectjax.cli_convert import add_parsers as add_convert_parsers
+from dissectjax.cli_localize import add_parsers as add_localize_parsers
+from dissectjax.cli_localize import add_recipe_flags, recipe_from_args
 from dissectjax.cli_report import add_parsers as add_report_parsers
 from dissectjax.cli_specialize import add_parsers as add_specialize_parsers
 from dissectjax.cli_surgery import add_parsers as add_surgery_parsers
@@ -288,16 +290,27 @@ def cmd_train(args) -> int:
         batch_size=args.batch_size,
         learning_rate=args.learning_rate,
     )
-    model = build_model(args.model, num_classes=12)
-    variables, metrics = train_scene_classifier(model, config, log=say)
+    recipe = recipe_from_args(args)
+    kwargs = {"num_classes": 12}
+    if recipe is None:
+        model, terms, concepts, info = build_model(args.model, **kwargs), (), (), {}
+    else:
+        if args.model != "scenenet":
+            raise DissectError(f"localizing flags train SceneNet, not --model {args.model}")
+        model, terms, concepts = recipe.model(**kwargs), recipe.terms(**kwargs), recipe.numbers()
+        kwargs["whiten"] = list(model.whiten)
+        info = {"localize": recipe.to_json()}
+        say(f"localizing in {recipe.layer}: " + ", ".join(f"{k}={v}" for k, v in info["localize"].items()))
+    variables, metrics = train_scene_classifier(model, config, log=say, terms=terms, concepts=concepts)
     save_checkpoint(
         args.out,
         args.model,
-        {"num_classes": 12},
+        kwargs,
         (config.image_size, config.image_size, 3),
         variables,
         dataset="synthetic-scenes",
         train_config=dataclasses.asdict(config),
+        **info,
         **metrics,
     )
     print(
@@ -377,7 +390,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--batch-size", type=int, default=64)
     t.add_argument("--learning-rate", type=float, default=2e-3)
     t.add_argument("--quiet", action="store_true")
+    add_recipe_flags(t)
     t.set_defaults(func=cmd_train)
+    add_localize_parsers(sub)
     return p
 
 

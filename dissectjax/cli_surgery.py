@@ -78,8 +78,10 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
 
 def _load(path: str):
     from dissectjax.checkpoint import load_checkpoint
+    from dissectjax.localize.fold import fold_whitening
 
     model, variables, config = load_checkpoint(path)
+    model, variables = fold_whitening(model, variables)  # whitened axes become plain units (same function)
     return model, variables, config
 
 

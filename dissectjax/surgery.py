@@ -71,6 +71,12 @@ def wiring(model: nn.Module, layer: str) -> Wiring:
     names = [f"conv{i}" for i in range(1, len(model.widths) + 1)]
     if layer not in names:
         raise DissectError(f"unknown layer {layer!r} for surgery on SceneNet; available layers: {', '.join(names)}")
+    if layer in model.whiten:
+        raise DissectError(
+            f"{layer} is concept-whitened: each of its units mixes all of the convolution's filters, so it has no "
+            "weights of its own to edit. Fold the whitening first (the same function at evaluation): "
+            "model, variables = dissectjax.localize.fold_whitening(model, variables)"
+        )
     i = names.index(layer) + 1
     conv, bn = f"block{i}_conv", f"block{i}_bn"
     incoming = [Slice("params", (conv, "kernel"), -1)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -15,6 +15,8 @@ import optax
 
 from dissectjax.checkpoint import init_variables
 from dissectjax.data import synthetic
+from dissectjax.localize.losses import LossTerm, total_loss
+from dissectjax.localize.whitening import WHITENED
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,23 +36,35 @@ def cross_entropy(logits: jax.Array, labels: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
 
 
-def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation) -> Callable:
-    """(params, batch_stats, opt_state, images, labels, key) -> (params, batch_stats, opt_state, loss)."""
+def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation, terms: Sequence[LossTerm] = ()):
+    """A jitted ``(params, batch_stats, opt_state, batch, key) -> (params, batch_stats, opt_state, loss, values)``.
+
+    ``batch``: ``images`` uint8 [B, H, W, 3], ``labels`` int [B] and, for concept terms,
+    ``masks`` [B, S, S, K]; each image is mirrored (with its masks) with probability 1/2.
+    The loss is the task's cross-entropy plus the weighted ``terms``
+    (:mod:`dissectjax.localize`); each term's ``fn(inter, batch)`` gets ``inter =
+    {"layers": sown layers, "whitened": {module: z}, "params": params}``, and ``values``
+    holds each computed term. A term of strength 0 is not computed: training is then
+    bit-identical to training without it.
+    """
+    terms = tuple(terms)
 
     @jax.jit
-    def step(params, batch_stats, opt_state, images, labels, key):
-        flip = jax.random.bernoulli(key, 0.5, (images.shape[0], 1, 1, 1))
-        images = jnp.where(flip, images[:, :, ::-1], images)  # scenes are mirror-invariant
+    def step(params, batch_stats, opt_state, batch, key):
+        flip = jax.random.bernoulli(key, 0.5, (batch["labels"].shape[0], 1, 1, 1))
+        mirrored = ("images", "masks")  # scenes are mirror-invariant
+        batch = {k: jnp.where(flip, v[:, :, ::-1], v) if k in mirrored else v for k, v in batch.items()}
 
         def loss_fn(p):
-            logits, updates = model.apply(
-                {"params": p, "batch_stats": batch_stats}, images, train=True, mutable=["batch_stats"]
-            )
-            return cross_entropy(logits, labels), updates["batch_stats"]
+            logits, out = model.apply({"params": p, "batch_stats": batch_stats}, batch["images"], train=True,
+                                      mutable=["batch_stats", "intermediates", WHITENED])  # fmt: skip
+            inter = {"layers": out.get("intermediates", {}), "whitened": out.get(WHITENED, {}), "params": p}
+            loss, values = total_loss(cross_entropy(logits, batch["labels"]), terms, inter, batch)
+            return loss, (out.get("batch_stats", {}), values)
 
-        (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        (loss, (new_stats, values)), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, opt_state = optimizer.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), new_stats, opt_state, loss
+        return optax.apply_updates(params, updates), new_stats, opt_state, loss, values
 
     return step
 
@@ -72,13 +86,25 @@ def accuracy(model: nn.Module, variables, images: np.ndarray, labels: np.ndarray
     return float(np.mean(predict(model, variables, images, batch_size) == labels))
 
 
-def train_scene_classifier(model: nn.Module, config: TrainConfig, log: Callable[[str], None] = print):
-    """Trains ``model`` on synthetic scenes; returns (variables, metrics)."""
+def train_scene_classifier(
+    model: nn.Module,
+    config: TrainConfig,
+    log: Callable[[str], None] = print,
+    terms: Sequence[LossTerm] = (),
+    concepts: Sequence[int] = (),
+):
+    """Trains ``model`` on synthetic scenes; returns (variables, metrics).
+
+    ``terms``: localizing loss terms (:mod:`dissectjax.localize`); ``concepts``: the Broden
+    numbers of the target concepts whose masks [B, S, S, K] the terms read as ``batch["masks"]``.
+    """
     size = config.image_size
     log(f"generating {config.train_size} training and {config.val_size} validation scenes")
-    train_x, train_y = synthetic.generate_classification(
-        synthetic.SyntheticConfig(size=config.train_size, seed=config.data_seed, image_size=size)
-    )
+    train_config = synthetic.SyntheticConfig(size=config.train_size, seed=config.data_seed, image_size=size)
+    if concepts:
+        train_x, train_y, train_masks = synthetic.generate_with_masks(train_config, concepts)
+    else:
+        train_x, train_y = synthetic.generate_classification(train_config)
     val_x, val_y = synthetic.generate_classification(
         synthetic.SyntheticConfig(size=config.val_size, seed=config.data_seed + 1, image_size=size)
     )
@@ -90,27 +116,31 @@ def train_scene_classifier(model: nn.Module, config: TrainConfig, log: Callable[
     )
     optimizer = optax.adamw(schedule, weight_decay=config.weight_decay)
     opt_state = optimizer.init(params)
-    step = make_train_step(model, optimizer)
+    step = make_train_step(model, optimizer, terms)
     rng = np.random.default_rng(config.seed)
     key = jax.random.PRNGKey(config.seed)
     history = []
     start = time.perf_counter()
     for epoch in range(config.epochs):
         order = rng.permutation(config.train_size)
-        losses = []
+        losses, term_values = [], []
         for i in range(steps_per_epoch):
             idx = order[i * config.batch_size : (i + 1) * config.batch_size]
+            batch = {"images": jnp.asarray(train_x[idx]), "labels": jnp.asarray(train_y[idx])}
+            if concepts:
+                batch["masks"] = jnp.asarray(train_masks[idx])
             key, sub = jax.random.split(key)
-            params, batch_stats, opt_state, loss = step(
-                params, batch_stats, opt_state, jnp.asarray(train_x[idx]), jnp.asarray(train_y[idx]), sub
-            )
+            params, batch_stats, opt_state, loss, values = step(params, batch_stats, opt_state, batch, sub)
             losses.append(loss)
+            term_values.append(values)
         variables = {"params": params, "batch_stats": batch_stats}
         val_acc = accuracy(model, variables, val_x, val_y)
         mean_loss = float(np.mean(jax.device_get(losses)))
-        history.append({"epoch": epoch + 1, "loss": round(mean_loss, 4), "val_accuracy": round(val_acc, 4)})
+        means = {k: round(float(np.mean(v)), 4) for k, v in jax.device_get(_stack(term_values)).items()}
+        history.append({"epoch": epoch + 1, "loss": round(mean_loss, 4), "val_accuracy": round(val_acc, 4), **means})
+        extra = "".join(f", {k} {v:.3f}" for k, v in means.items())
         log(
-            f"epoch {epoch + 1}/{config.epochs}: loss {mean_loss:.3f}, validation accuracy {val_acc:.3f} "
+            f"epoch {epoch + 1}/{config.epochs}: loss {mean_loss:.3f}{extra}, validation accuracy {val_acc:.3f} "
             f"({time.perf_counter() - start:.0f} s)"
         )
     metrics = {
@@ -120,3 +150,7 @@ def train_scene_classifier(model: nn.Module, config: TrainConfig, log: Callable[
         "seconds": round(time.perf_counter() - start, 1),
     }
     return variables, metrics
+
+
+def _stack(values: list[dict]) -> dict:
+    return {k: jnp.stack([v[k] for v in values]) for k in (values[0] if values else {})}

@@ -7,21 +7,26 @@ import numpy as np
 import optax
 import pytest
 
+from dissectjax.data import synthetic
+from dissectjax.errors import DissectError
 from dissectjax.localize import (
     ConceptWhitening,
     LossTerm,
+    Recipe,
     alignment_loss,
     cayley,
     class_selectivity_loss,
     concept_supervision_loss,
+    fold_whitening,
     l1_activity,
     total_loss,
     whitening_matrix,
 )
-from dissectjax.localize.training import make_step
+from dissectjax.localize.recipe import concept_numbers
 from dissectjax.localize.whitening import WHITENED
 from dissectjax.models.scenenet import SceneNet
-from dissectjax.train import cross_entropy
+from dissectjax.surgery import transplant, wiring, zero_out
+from dissectjax.train import cross_entropy, make_train_step
 
 
 def test_cayley_is_orthogonal_and_the_identity_at_zero():
@@ -143,7 +148,7 @@ def test_class_selectivity_matches_numpy():
 
 
 def test_zero_strength_regularizers_leave_training_bit_identical():
-    """make_step with terms of strength 0 trains bit-identically to a plain cross-entropy step."""
+    """make_train_step with terms of strength 0 trains bit-identically to a plain cross-entropy step."""
     model = SceneNet(num_classes=4, widths=(8, 8, 8, 8, 8))
     rng = np.random.default_rng(5)
     batch = {"images": jnp.asarray(rng.integers(0, 256, (8, 32, 32, 3), dtype=np.uint8)),
@@ -158,15 +163,17 @@ def test_zero_strength_regularizers_leave_training_bit_identical():
 
     def run(step):
         params, stats, state = variables["params"], variables["batch_stats"], opt.init(variables["params"])
-        for _ in range(3):
-            params, stats, state, *_ = step(params, stats, state, batch)
+        for i in range(3):
+            params, stats, state, *_ = step(params, stats, state, batch, jax.random.key(i))
         return params
 
     @jax.jit
-    def plain(params, stats, state, batch):
+    def plain(params, stats, state, batch, key):
+        flip = jax.random.bernoulli(key, 0.5, (8, 1, 1, 1))
+        images = jnp.where(flip, batch["images"][:, :, ::-1], batch["images"])
+
         def loss_fn(p):
-            logits, out = model.apply({"params": p, "batch_stats": stats}, batch["images"], train=True,
-                                      mutable=["batch_stats"])  # fmt: skip
+            logits, out = model.apply({"params": p, "batch_stats": stats}, images, train=True, mutable=["batch_stats"])
             return cross_entropy(logits, batch["labels"]), out["batch_stats"]
 
         (_, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
@@ -174,7 +181,103 @@ def test_zero_strength_regularizers_leave_training_bit_identical():
         return optax.apply_updates(params, updates), new_stats, state
 
     baseline = run(plain)
-    zero = run(make_step(model, opt, terms(0.0)))
-    strong = run(make_step(model, opt, terms(0.5)))
+    zero = run(make_train_step(model, opt, terms(0.0)))
+    strong = run(make_train_step(model, opt, terms(0.5)))
     assert jax.tree.all(jax.tree.map(np.array_equal, baseline, zero))
     assert not jax.tree.all(jax.tree.map(np.array_equal, baseline, strong))
+
+
+def test_train_step_mirrors_masks_with_their_images():
+    model = SceneNet(num_classes=4, widths=(8, 8, 8, 8, 8))
+    rng = np.random.default_rng(6)
+    images = rng.integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    masks = images[..., :1] > 128  # [B, H, W, 1]: a mask that must move with its image
+    batch = {"images": jnp.asarray(images), "labels": jnp.asarray(rng.integers(0, 4, 16)), "masks": jnp.asarray(masks)}
+    mismatch = lambda inter, b: jnp.mean(jnp.abs((b["images"][..., :1] > 128).astype(jnp.float32) - b["masks"]))
+    variables = model.init(jax.random.key(0), batch["images"])
+    opt = optax.sgd(0.0)
+    step = make_train_step(model, opt, [LossTerm("mismatch", 1e-3, mismatch)])
+    unflipped = jnp.mean(jnp.abs((jnp.asarray(images)[:, :, ::-1, :1] > 128).astype(jnp.float32) - masks))
+    assert unflipped > 0.1  # flipping only the images would show
+    *_, values = step(variables["params"], variables["batch_stats"], opt.init(variables["params"]), batch,
+                      jax.random.key(1))  # fmt: skip
+    assert float(values["mismatch"]) == 0.0
+
+
+def random_whitened_scenenet(batch_norm=True, seed=0):
+    """A SceneNet with whitened conv3 and conv5, trained statistics and non-trivial rotations."""
+    model = SceneNet(num_classes=5, widths=(8, 8, 8, 8, 12), whiten=("conv3", "conv5"), batch_norm=batch_norm)
+    x = jax.random.randint(jax.random.key(seed), (6, 32, 32, 3), 0, 256).astype(jnp.uint8)
+    variables = model.init(jax.random.key(seed + 1), x)
+    _, updates = model.apply(variables, x, train=True, mutable=["batch_stats"])
+    params = dict(variables["params"])
+    for i, name in enumerate(("block3_cw", "block5_cw")):
+        shape = params[name]["rotation"].shape
+        params[name] = {"rotation": 0.3 * jax.random.normal(jax.random.key(seed + 10 + i), shape)}
+    return model, {"params": params, "batch_stats": updates["batch_stats"]}, x
+
+
+@pytest.mark.parametrize("batch_norm", [True, False])
+def test_folded_whitening_computes_the_same_function(batch_norm):
+    model, variables, x = random_whitened_scenenet(batch_norm)
+    plain, folded = fold_whitening(model, variables)
+    assert plain.whiten == () and plain.batch_norm == batch_norm
+    assert not any(k.endswith("_cw") for k in folded["params"])
+    logits, sown = model.apply(variables, x, mutable=["intermediates"])
+    logits_f, sown_f = plain.apply(folded, x, mutable=["intermediates"])
+    np.testing.assert_allclose(logits_f, logits, atol=1e-5)
+    for layer, value in sown["intermediates"].items():
+        assert np.abs(value).max() > 0.1, layer  # not an empty comparison
+        np.testing.assert_allclose(sown_f["intermediates"][layer], value, atol=1e-5, err_msg=layer)
+    assert fold_whitening(plain, folded)[1] is folded  # nothing to fold: returned as it is
+
+
+def test_surgery_on_whitened_axes_goes_through_folding():
+    model, variables, x = random_whitened_scenenet()
+    with pytest.raises(DissectError, match="fold_whitening"):
+        wiring(model, "conv5")
+    assert wiring(model, "conv4").next == "conv5"  # the layer below stays editable
+    plain, folded = fold_whitening(model, variables)
+    # a receiver with the donor's layers below conv5 but its own conv5: the moved axes must arrive exactly
+    receiver = plain.init(jax.random.key(42), x)
+    below = lambda tree: {k: v for k, v in tree.items() if not k.startswith("block5")}
+    params = {**receiver["params"], **below(folded["params"])}
+    receiver = {"params": params, "batch_stats": {**receiver["batch_stats"], **below(folded["batch_stats"])}}
+    moved = transplant(plain, folded, receiver, "conv5", [0, 1], [7, 3], outgoing=True)
+    _, donor_sown = model.apply(variables, x, mutable=["intermediates"])
+    _, moved_sown = plain.apply(moved, x, mutable=["intermediates"])
+    axes = donor_sown["intermediates"]["conv5"]
+    slots = moved_sown["intermediates"]["conv5"]
+    np.testing.assert_allclose(slots[..., [7, 3]], axes[..., [0, 1]], atol=1e-5)
+    ablated = zero_out(plain, folded, "conv5", np.eye(12, dtype=np.float32)[2])
+    np.testing.assert_array_equal(ablated["params"]["classifier"]["kernel"][2], 0.0)
+
+
+def test_recipe_validates_and_names_concepts():
+    with pytest.raises(DissectError, match="--whiten"):
+        Recipe(concepts=("star",), align=1.0)
+    with pytest.raises(DissectError, match="--concepts"):
+        Recipe(concept=0.5)
+    with pytest.raises(DissectError, match=r"unknown target concept.*nosuch"):
+        concept_numbers(["star", "nosuch"])
+    with pytest.raises(DissectError, match="only 32 units"):
+        Recipe(layer="conv1", concepts=tuple(synthetic.OBJECTS * 3)[:33], concept=1.0).model()
+    recipe = Recipe(concepts=("star", "crown"), whiten=True, align=1.0)
+    assert Recipe.from_json(recipe.to_json()) == recipe
+    assert recipe.model().whiten == ("conv5",) and not recipe.is_baseline and Recipe().is_baseline
+    assert [t.name for t in recipe.terms() if t.strength] == ["align"]
+
+
+def test_masks_come_with_the_classification_scenes():
+    config = synthetic.SyntheticConfig(size=6, seed=7)
+    numbers = concept_numbers(["star", "red"])
+    images, labels, masks = synthetic.generate_with_masks(config, numbers)
+    ref_images, ref_labels = synthetic.generate_classification(config)
+    np.testing.assert_array_equal(images, ref_images)
+    np.testing.assert_array_equal(labels, ref_labels)
+    for i in range(6):
+        row = synthetic.generate_row(config, i)
+        layers = [m for maps in row.pixel.values() for m in maps]
+        for k, n in enumerate(numbers):
+            np.testing.assert_array_equal(masks[i, ..., k], np.any([m == n for m in layers], axis=0))
+    assert masks[..., 1].any()  # red is everywhere in the scenes: the test is not empty

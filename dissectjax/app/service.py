@@ -45,8 +45,10 @@ def scene_classifier(checkpoint: str, images: int) -> Classifier:
     """A scene classifier checkpoint, measured on the held-out ``eval`` split of synthetic scenes."""
     from dissectjax.checkpoint import load_checkpoint
     from dissectjax.cli_surgery import class_names, scene_images
+    from dissectjax.localize.fold import fold_whitening
 
     model, variables, config = load_checkpoint(checkpoint)
+    model, variables = fold_whitening(model, variables)  # surgery edits whitened axes as plain units
     classes = class_names()
     if getattr(model, "num_classes", None) != len(classes):
         raise DissectError(

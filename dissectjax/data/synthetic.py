@@ -26,6 +26,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -386,6 +387,24 @@ def generate_classification(config: SyntheticConfig, start: int = 0) -> tuple[np
         images[j] = render_image(scene, config.image_size, config.seed, start + j)
         labels[j] = scene.scene
     return images, labels
+
+
+def generate_with_masks(config: SyntheticConfig, concepts: Sequence[int]):
+    """Images uint8 [N, s, s, 3], scene labels int32 [N] (as :func:`generate_classification`) and
+    masks bool [N, S, S, K]: where each of the pixel-level ``concepts`` (Broden label numbers,
+    :func:`label_table`) covers the label map, in any of its layers."""
+    n, s = config.size, config.label_size
+    images = np.zeros((n, config.image_size, config.image_size, 3), np.uint8)
+    labels = np.zeros(n, np.int32)
+    masks = np.zeros((n, s, s, len(concepts)), bool)
+    for i in range(n):
+        row = generate_row(config, i)
+        images[i] = row.image
+        labels[i] = sample_scene(config.seed, i, config.in_group).scene
+        layers = [m for maps in row.pixel.values() for m in maps]
+        for k, number in enumerate(concepts):
+            masks[i, ..., k] = np.any([m == number for m in layers], axis=0) if layers else False
+    return images, labels, masks
 
 
 def default_cache_dir() -> str:

@@ -69,7 +69,8 @@ class ConceptWhitening(nn.Module):
         else:
             mu, w = mean.value, whiten.value
         z = (x.astype(jnp.float32) - mu) @ w  # w is symmetric
-        self.sow(WHITENED, "z", z, reduce_fn=lambda _, new: new, init_fn=lambda: None)
+        if not self.is_initializing():  # init returns the variables to keep, not activations
+            self.sow(WHITENED, "z", z, reduce_fn=lambda _, new: new, init_fn=lambda: None)
         return z @ cayley(jax.lax.stop_gradient(skew))
 
 

@@ -1,0 +1,179 @@
+"""``dissectjax train`` localizing flags and ``dissectjax modularity`` (issue 9).
+
+dissectjax train --out ckpt/concept --concepts triangle,star,crown,wheel --concept-weight 0.5
+dissectjax train --out ckpt/whiten --concepts triangle,star,crown,wheel --whiten --align 1
+dissectjax modularity --baseline ckpt/baseline --variant ckpt/concept --variant ckpt/whiten --out cmp
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+import numpy as np
+
+from dissectjax.errors import DissectError
+
+
+# ---- train: the recipe flags ------------------------------------------------------------
+def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("localizing (issue 9): target concept k goes to unit k of --localize-layer")
+    g.add_argument(
+        "--localize-layer", default="conv5", help="layer whose units get the concepts (default: %(default)s)"
+    )
+    g.add_argument("--concepts", help="target concepts, comma-separated, e.g. triangle,star,crown,wheel")
+    g.add_argument("--concept-weight", type=float, default=0.0,
+                   help="strength of the per-pixel concept supervision of units 0..K-1 (e.g. 0.5)")  # fmt: skip
+    g.add_argument("--l1", type=float, default=0.0, help="strength of L1 on the layer's activations (e.g. 0.05)")
+    g.add_argument("--selectivity", type=float, default=0.0, help="strength of the class-selectivity regularizer")
+    g.add_argument("--whiten", action="store_true", help="replace the layer's BatchNorm by concept whitening")
+    g.add_argument("--align", type=float, default=0.0, help="concept whitening: strength of aligning axes 0..K-1")
+
+
+def recipe_from_args(args):
+    """The :class:`~dissectjax.localize.recipe.Recipe` the flags ask for, or None for plain training."""
+    from dissectjax.localize.recipe import Recipe
+
+    concepts = tuple(c.strip() for c in (args.concepts or "").split(",") if c.strip())
+    recipe = Recipe(layer=args.localize_layer, concepts=concepts, concept=args.concept_weight, l1=args.l1,
+                    selectivity=args.selectivity, whiten=args.whiten, align=args.align)  # fmt: skip
+    if recipe.is_baseline:
+        if concepts:
+            raise DissectError("--concepts given but no localizing term: add --concept-weight, --whiten --align, ...")
+        return None
+    recipe.numbers()  # unknown concept names fail here, before any training
+    return recipe
+
+
+# ---- modularity -------------------------------------------------------------------------
+def _network(spec: str, role: str):
+    from dissectjax.checkpoint import load_checkpoint
+    from dissectjax.localize.modularity import Network
+    from dissectjax.localize.recipe import Recipe
+
+    name, sep, path = spec.partition("=")
+    if not sep:
+        name, path = os.path.basename(os.path.normpath(spec)), spec
+    if not os.path.isdir(path):
+        raise DissectError(f"{role} {path!r} is not a checkpoint directory (write one with 'dissectjax train')")
+    model, variables, config = load_checkpoint(path)
+    if config.get("model") != "scenenet" or config.get("dataset") != "synthetic-scenes":
+        raise DissectError(
+            f"{path} holds {config.get('model')} trained on {config.get('dataset')}; modularity measures scene "
+            "classifiers trained on the synthetic scenes ('dissectjax train')"
+        )
+    recipe = Recipe.from_json(config["localize"]) if "localize" in config else Recipe()
+    return Network(name, model, variables, recipe)
+
+
+def _targets(networks, override: str | None) -> tuple[str, ...]:
+    if override:
+        return tuple(c.strip() for c in override.split(",") if c.strip())
+    asked = {n.recipe.concepts for n in networks if n.recipe.concepts}
+    if not asked:
+        raise DissectError("no network was trained for target concepts: name them with --concepts a,b,...")
+    if len(asked) > 1:
+        raise DissectError(f"the variants were trained for different targets ({' vs '.join(map(str, asked))}); "
+                           "name the ones to compare with --concepts")  # fmt: skip
+    return asked.pop()
+
+
+def cmd_modularity(args) -> int:
+    from dissectjax.cli import _progress, _say, open_dataset
+    from dissectjax.cli_chimera import write_csv
+    from dissectjax.data import synthetic
+    from dissectjax.dissect import DissectConfig
+    from dissectjax.localize.modularity import HeldOut, compare
+    from dissectjax.localize.recipe import concept_numbers
+    from dissectjax.results import write_atomic
+
+    say, progress = _say(args.quiet), _progress(not args.quiet)
+    if args.held < 10:
+        raise DissectError(f"--held must be at least 10 scenes, got {args.held}")
+    networks = [_network(args.baseline, "--baseline")] + [_network(v, "--variant") for v in args.variant or []]
+    if not args.variant:
+        raise DissectError("give at least one --variant checkpoint to compare with the baseline")
+    targets = _targets(networks[1:], args.concepts)
+    numbers = concept_numbers(targets)
+    for net in networks:
+        if net.recipe.concepts and net.recipe.concepts[: len(targets)] != targets[: len(net.recipe.concepts)]:
+            say(f"note: {net.name} was trained for {', '.join(net.recipe.concepts)}; its units 0..K-1 are "
+                f"measured against {', '.join(targets)}")  # fmt: skip
+    probe, _ = open_dataset(args.probe, progress, say)
+    index = []
+    for name, number in zip(targets, numbers):
+        found = np.flatnonzero(probe.concepts.numbers == number)
+        if not len(found):
+            raise DissectError(f"the probe set {args.probe} has no concept {name!r}")
+        index.append(int(found[0]))
+    say(f"held-out scenes: {args.held} (seed {args.held_seed}) with masks of {', '.join(targets)}")
+    held = HeldOut(*synthetic.generate_with_masks(synthetic.SyntheticConfig(size=args.held, seed=args.held_seed),
+                                                  numbers))  # fmt: skip
+    config = DissectConfig(batch_size=args.batch_size, quantile=args.quantile, iou_threshold=args.iou_threshold)
+    out = compare(networks, networks[0].name, probe, held, index, config, seed=args.seed,
+                  move=not args.no_transplant, log=say)  # fmt: skip
+    os.makedirs(args.out, exist_ok=True)
+    for key in ("networks", "targets", "transplants"):
+        if out[key]:
+            write_csv(os.path.join(args.out, f"{key}.csv"), out[key])
+    meta = {"baseline": networks[0].name, "concepts": list(targets), "probe": args.probe, "held": args.held,
+            "held_seed": args.held_seed, "rotation_seed": 1000 + args.seed,
+            "recipes": {n.name: n.recipe.to_json() for n in networks}}  # fmt: skip
+    write_atomic(os.path.join(args.out, "modularity.json"), json.dumps({**meta, **out}, indent=2).encode())
+    print(format_modularity(out))
+    print(f"wrote {args.out}/networks.csv, targets.csv, transplants.csv and modularity.json", file=sys.stderr)
+    return 0
+
+
+def format_modularity(out: dict) -> str:
+    """The comparison as text tables: per network, per target, per transplant."""
+    from dissectjax.cli_surgery import _table
+
+    per = {}
+    for r in out["targets"]:
+        per.setdefault(r["network"], []).append(r)
+    head = ["network", "accuracy", "detectors", "unique", "target IoU", "best IoU", "rotated IoU", "specificity"]
+    rows = []
+    for s in out["networks"]:
+        mean = {key: np.mean([r[key] for r in per[s["network"]]]) for key in ("iou", "best_iou", "rotated_iou")}
+        spec = np.mean([r["specificity"] for r in per[s["network"]]])
+        rows.append([s["network"], f"{s['accuracy']:.3f}", str(s["detectors"]), str(s["unique"]),
+                     *(f"{v:.3f}" for v in mean.values()), f"{spec:+.3f}"])  # fmt: skip
+    text = [_table(head, rows), "", "per target (the baseline and untrained variants: their best unit)"]
+    text.append(_table(["network", "concept", "unit", "IoU", "best unit", "best IoU", "rotated", "specificity"], [
+        [r["network"], r["concept"], str(r["unit"]) + ("" if r["trained_unit"] else "*"), f"{r['iou']:.3f}",
+         str(r["best_unit"]), f"{r['best_iou']:.3f}", f"{r['rotated_iou']:.3f}", f"{r['specificity']:+.3f}"]
+        for r in out["targets"]]))  # fmt: skip
+    if out["transplants"]:
+        text += ["", "transplant: target units moved into the baseline's matched slots"]
+        text.append(_table(["donor", "concept", "unit", "slot", "IoU in receiver", "accuracy", "specificity there"], [
+            [m["donor"], m["concept"], str(m["unit"]), str(m["slot"]), f"{m['iou_after']:.3f}",
+             f"{m['accuracy_before']:.3f} -> {m['accuracy_after']:.3f}", f"{m['specificity_after']:+.3f}"]
+            for m in out["transplants"]]))  # fmt: skip
+    return "\n".join(text)
+
+
+def add_parsers(sub) -> None:
+    m = sub.add_parser(
+        "modularity",
+        help="compare localizing variants with a baseline (accuracy, detectors, target IoU, rotation control, "
+        "ablation specificity, transplant)",
+    )
+    m.add_argument("--baseline", required=True, help="baseline checkpoint directory ([NAME=]DIR)")
+    m.add_argument("--variant", action="append", help="a variant's checkpoint directory ([NAME=]DIR); repeat")
+    m.add_argument("--out", required=True, help="output directory for the CSV and JSON files")
+    m.add_argument("--concepts", help="target concepts (default: those the variants were trained for)")
+    m.add_argument("--probe", default="synthetic", help="dissection probe set (default: %(default)s)")
+    m.add_argument(
+        "--held", type=int, default=1000, help="held-out scenes for accuracy and ablation (default: %(default)s)"
+    )
+    m.add_argument("--held-seed", type=int, default=201, help="their seed (default: %(default)s)")
+    m.add_argument("--seed", type=int, default=0, help="seed of the random rotation control (default: %(default)s)")
+    m.add_argument("--quantile", type=float, default=0.005)
+    m.add_argument("--iou-threshold", type=float, default=0.04)
+    m.add_argument("--batch-size", type=int, default=100)
+    m.add_argument("--no-transplant", action="store_true", help="skip moving the target units into the baseline")
+    m.add_argument("--quiet", action="store_true")
+    m.set_defaults(func=cmd_modularity)

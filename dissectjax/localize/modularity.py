@@ -1,0 +1,161 @@
+"""Measuring localized knowledge: trained variants against a baseline, on one probe set.
+
+    networks (model, variables, recipe) + probe set + held-out scenes with target masks
+        -> per network: accuracy, detectors, unique detectors
+        -> per network and target concept: its unit, the unit's IoU with the concept, the
+           best IoU of any unit, the IoU after a random rotation of the layer, and the
+           ablation specificity of the unit
+        -> per localized network and target: transplant into the baseline
+
+A network's unit for target k is unit k when its recipe trained it for the concept
+(concept supervision or axis alignment), otherwise its best unit for the concept (highest
+IoU): the baseline is measured at its best. Concept-whitened layers are folded into plain
+units first (:func:`~dissectjax.localize.fold.fold_whitening`, the same function), so
+every measurement applies to every variant alike.
+
+*Ablation specificity* of a unit for concept c: zero the unit; the accuracy drop on
+held-out scenes that contain c minus the drop on scenes that do not. *Transplant*: the
+unit moves into the baseline's matched slot (correlation on held-out scenes), its filter's
+inputs reordered by the matching of the layer below and its outgoing weights copied;
+measured are the slot's IoU with the concept in the receiving network (does it keep its
+concept?), the receiver's accuracy, and the slot's specificity there (does it use it?).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+
+import flax.linen as nn
+import numpy as np
+
+from dissectjax.chimera import ProjectedSource, random_rotation
+from dissectjax.dissect import DissectConfig, dissect
+from dissectjax.errors import DissectError
+from dissectjax.localize.fold import fold_whitening
+from dissectjax.localize.recipe import Recipe
+from dissectjax.matching import layer_matching
+from dissectjax.sources import ModelSource
+from dissectjax.surgery import transplant, unit_mask, wiring, zero_out
+from dissectjax.train import predict
+
+ROTATED = "rotated"  # the dissected name of the randomly rotated layer
+
+
+@dataclasses.dataclass(frozen=True)
+class Network:
+    """A trained network and what it was asked to localize (``Recipe()`` for a baseline)."""
+
+    name: str
+    model: nn.Module
+    variables: Mapping
+    recipe: Recipe
+
+
+@dataclasses.dataclass(frozen=True)
+class HeldOut:
+    """Held-out scenes: images uint8 [N, H, W, 3], labels int [N], masks bool [N, S, S, K] of the K targets."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+
+    def contains(self, k: int) -> np.ndarray:
+        """bool [N]: the scenes where target k covers at least one label pixel."""
+        return self.masks[..., k].any(axis=(1, 2))
+
+
+def specificity(model: nn.Module, variables: Mapping, layer: str, unit: int, held: HeldOut, k: int) -> float:
+    """Accuracy drop on scenes with target k minus the drop on the others, when ``unit`` is zeroed."""
+    correct = predict(model, variables, held.images) == held.labels
+    ablated = zero_out(model, variables, layer, unit_mask(model, layer, [unit]))
+    kept = predict(model, ablated, held.images) == held.labels
+    has = held.contains(k)
+    if has.all() or not has.any():
+        raise DissectError(f"target {k} is in {'all' if has.any() else 'none'} of the held-out scenes: "
+                           "specificity needs scenes with and without it")  # fmt: skip
+    return float((correct[has].mean() - kept[has].mean()) - (correct[~has].mean() - kept[~has].mean()))
+
+
+def measure(
+    net: Network, concepts: Sequence[int], probe, held: HeldOut, layer: str, config: DissectConfig, seed: int = 0
+) -> tuple[dict, list[dict]]:
+    """(summary, one row per target) for one network; ``concepts``: the targets' indices in the probe set."""
+    model, variables = fold_whitening(net.model, net.variables)
+    units = wiring(model, layer).units
+    source = ModelSource(model, variables, [layer], held.images.shape[1:])
+    views = {layer: np.eye(units), ROTATED: random_rotation(units, 1000 + seed).T}
+    results = dissect(ProjectedSource(source, layer, views), probe, config)
+    r, rotated = results[layer], results[ROTATED]
+    accuracy = float(np.mean(predict(model, variables, held.images) == held.labels))
+    summary = {"network": net.name, "accuracy": accuracy, "detectors": r.detectors, "unique": r.unique["total"]}
+    trained = bool(net.recipe.concept or net.recipe.align)
+    rows = []
+    for k, c in enumerate(concepts):
+        best = int(np.argmax(r.iou[:, c]))
+        unit = k if trained else best
+        rows.append({
+            "network": net.name, "target": k, "concept": probe.concepts.names[c],
+            "unit": unit, "trained_unit": trained, "iou": float(r.iou[unit, c]), "best_unit": best,
+            "best_iou": float(r.iou[best, c]), "rotated_iou": float(rotated.iou[unit, c]),
+            "specificity": specificity(model, variables, layer, unit, held, k),
+        })  # fmt: skip
+    return summary, rows
+
+
+def transplant_into(
+    donor: Network, receiver: Network, units: Sequence[int], concepts: Sequence[int], probe, held: HeldOut,
+    layer: str, config: DissectConfig,
+) -> list[dict]:  # fmt: skip
+    """Moves the donor's ``units`` (unit k carries target k) into the receiver's matched slots."""
+    model, a = fold_whitening(donor.model, donor.variables)
+    receiving, b = fold_whitening(receiver.model, receiver.variables)
+    if model != receiving:
+        raise DissectError(f"cannot transplant between different architectures: {model} and {receiving}")
+    w = wiring(model, layer)
+    here = layer_matching(model, a, model, b, layer, held.images).slot
+    below = None if w.previous is None else layer_matching(model, a, model, b, w.previous, held.images).slot
+    slots = [int(here[u]) for u in units]
+    moved = transplant(model, a, b, layer, units, slots, below, outgoing=w.next is None, output_matching=None)
+    r = dissect(ModelSource(model, moved, [layer], held.images.shape[1:]), probe, config)[layer]
+    before = float(np.mean(predict(model, b, held.images) == held.labels))
+    after = float(np.mean(predict(model, moved, held.images) == held.labels))
+    return [{"donor": donor.name, "receiver": receiver.name, "target": k, "concept": probe.concepts.names[c],
+             "unit": int(u), "slot": slot, "iou_after": float(r.iou[slot, c]),
+             "accuracy_before": before, "accuracy_after": after,
+             "specificity_after": specificity(model, moved, layer, slot, held, k)}
+            for k, (u, slot, c) in enumerate(zip(units, slots, concepts))]  # fmt: skip
+
+
+def compare(
+    networks: Sequence[Network], baseline: str, probe, held: HeldOut, concepts: Sequence[int],
+    config: DissectConfig = DissectConfig(batch_size=100), seed: int = 0, move: bool = True, log=print,
+) -> dict:  # fmt: skip
+    """Every measurement for every network; with ``move``, each network trained for the targets
+    gives its target units to the baseline. Returns ``{"networks": [...], "targets": [...],
+    "transplants": [...]}`` (rows as dicts)."""
+    names = [n.name for n in networks]
+    if baseline not in names:
+        raise DissectError(f"baseline {baseline!r} is not among the networks ({', '.join(names)})")
+    if len(set(names)) != len(names):
+        raise DissectError(f"network names must be distinct, got {', '.join(names)}")
+    layers = {n.recipe.layer for n in networks if not n.recipe.is_baseline}
+    if len(layers) > 1:
+        raise DissectError(f"the variants localize in different layers ({', '.join(sorted(layers))}): compare one")
+    layer = layers.pop() if layers else networks[0].recipe.layer
+    out = {"networks": [], "targets": [], "transplants": []}
+    for net in networks:
+        summary, rows = measure(net, concepts, probe, held, layer, config, seed)
+        out["networks"].append(summary)
+        out["targets"] += rows
+        ious = ", ".join(f"{r['concept']} {r['iou']:.3f}" for r in rows)
+        log(f"{net.name}: accuracy {summary['accuracy']:.3f}, {summary['detectors']} detectors, "
+            f"{summary['unique']} unique; target IoU {ious}")  # fmt: skip
+    receiver = next(n for n in networks if n.name == baseline)
+    for net in networks:
+        if move and net.name != baseline and (net.recipe.concept or net.recipe.align):
+            moved = transplant_into(net, receiver, list(range(len(concepts))), concepts, probe, held, layer, config)
+            out["transplants"] += moved
+            log(f"{net.name} -> {baseline}: IoU in the receiver " + ", ".join(
+                f"{m['concept']} {m['iou_after']:.3f}" for m in moved))  # fmt: skip
+    return out
