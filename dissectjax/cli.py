@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Sequence
 
+from dissectjax.cli_args import comma_list
 from dissectjax.cli_chimera import add_parsers as add_chimera_parsers
 from dissectjax.cli_convert import add_parsers as add_convert_parsers
 from dissectjax.cli_localize import add_parsers as add_localize_parsers
@@ -221,7 +222,7 @@ def _model_source(args, dataset):
 
     if not args.layers:
         raise DissectError("--layers is required with --model (e.g. --layers conv4,conv5)")
-    layers = [name.strip() for name in args.layers.split(",") if name.strip()]
+    layers = comma_list(args.layers, "--layers")
     if not layers:
         raise DissectError(f"--layers {args.layers!r} names no layer (e.g. --layers conv4,conv5)")
     shape = (*dataset.image_size(0), 3)

@@ -18,21 +18,8 @@ import sys
 
 import numpy as np
 
+from dissectjax.cli_args import comma_floats, comma_ints
 from dissectjax.errors import DissectError
-
-
-def _floats(text: str, flag: str) -> list[float]:
-    try:
-        return [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise DissectError(f"{flag} must be comma-separated numbers, got {text!r}") from None
-
-
-def _ints(text: str, flag: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise DissectError(f"{flag} must be comma-separated integers, got {text!r}") from None
 
 
 def write_csv(path: str, rows: list[dict]) -> None:
@@ -80,7 +67,7 @@ def cmd_chimera(args) -> int:
     from dissectjax.dissect import dissect
     from dissectjax.sources import ModelSource
 
-    alphas, seeds = _floats(args.alphas, "--alphas"), _ints(args.seeds, "--seeds")
+    alphas, seeds = comma_floats(args.alphas, "--alphas"), comma_ints(args.seeds, "--seeds")
     if not alphas or not all(0 <= a <= 1 for a in alphas):
         raise DissectError(f"--alphas must be numbers in [0, 1], got {args.alphas!r}")
     if not seeds:
@@ -191,7 +178,7 @@ def cmd_probe(args) -> int:
     from dissectjax.dissect import dissect
     from dissectjax.multiunit import fit_concepts, pixel_samples, top_k_views
 
-    ks = _ints(args.k, "--k")
+    ks = comma_ints(args.k, "--k")
     if not ks or min(ks) < 1:
         raise DissectError(f"--k must be positive integers, got {args.k!r}")
     base, probe, config, say, progress = _setup(args)

@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from dissectjax.cli_args import comma_list
 from dissectjax.errors import DissectError
 
 
@@ -36,7 +37,7 @@ def recipe_from_args(args):
     """The :class:`~dissectjax.localize.recipe.Recipe` the flags ask for, or None for plain training."""
     from dissectjax.localize.recipe import Recipe
 
-    concepts = tuple(c.strip() for c in (args.concepts or "").split(",") if c.strip())
+    concepts = tuple(comma_list(args.concepts, "--concepts"))
     recipe = Recipe(layer=args.localize_layer, concepts=concepts, concept=args.concept_weight, l1=args.l1,
                     selectivity=args.selectivity, whiten=args.whiten, align=args.align)  # fmt: skip
     if recipe.is_baseline:
@@ -70,7 +71,7 @@ def _network(spec: str, role: str):
 
 def _targets(networks, override: str | None) -> tuple[str, ...]:
     if override:
-        return tuple(c.strip() for c in override.split(",") if c.strip())
+        return tuple(comma_list(override, "--concepts"))
     asked = {n.recipe.concepts for n in networks if n.recipe.concepts}
     if not asked:
         raise DissectError("no network was trained for target concepts: name them with --concepts a,b,...")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 
+from dissectjax.cli_args import comma_list
 from dissectjax.errors import DissectError
 
 
@@ -42,7 +43,7 @@ def cmd_specialize(args) -> int:
     from dissectjax.specialize import ClassUnitStats, TrainConfig, anomalies, train_with_stats
 
     say, progress = _say(args.quiet), _progress(not args.quiet)
-    layers = [x.strip() for x in args.layers.split(",") if x.strip()]
+    layers = comma_list(args.layers, "--layers")
     if not layers:
         raise DissectError("--layers names no layer (e.g. --layers conv2,fc1,fc2)")
     if args.crossed is not None and not 0 <= args.crossed <= 0.8:

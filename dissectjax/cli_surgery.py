@@ -14,6 +14,7 @@ import sys
 
 import numpy as np
 
+from dissectjax.cli_args import comma_ints
 from dissectjax.errors import DissectError
 
 SPLIT_SEEDS = {"rank": 200, "eval": 201}
@@ -45,15 +46,6 @@ def _number(x: float):
 
 def _show(x, spec: str = ".3f") -> str:
     return "n/a" if x is None or np.isnan(x) else format(x, spec)
-
-
-def _units(text: str | None) -> list[int]:
-    if not text:
-        return []
-    try:
-        return [int(u) for u in text.split(",") if u.strip()]
-    except ValueError:
-        raise DissectError(f"--units must be comma-separated integers, got {text!r}") from None
 
 
 def _write(out: str | None, name: str, rows: list[dict], summary: dict) -> None:
@@ -142,7 +134,7 @@ def cmd_ablate(args) -> int:
         units = ranked_units(damage, names.index(args.top_for_class))[: args.count].tolist()
         print(f"units most damaging to {args.top_for_class} on the rank split: {units}", file=sys.stderr)
     else:
-        units = _units(args.units)
+        units = comma_ints(args.units, "--units")
         if not units:
             raise DissectError("name the units: --units 3,17, --top-for-class CLASS --count K, or --single-unit")
     mask = unit_mask(model, args.layer, units)
@@ -227,7 +219,7 @@ def cmd_transplant(args) -> int:
     if os.path.exists(args.out):
         raise DissectError(f"--out {args.out} already exists; remove it or choose another path")
     w = wiring(model_b, args.layer)
-    units = _units(args.units)
+    units = comma_ints(args.units, "--units")
     if not units:
         raise DissectError("--units is required (comma-separated unit numbers of the source)")
     unit_mask(model_a, args.layer, units)  # validates the unit numbers
@@ -238,7 +230,7 @@ def cmd_transplant(args) -> int:
     if args.matched:
         slots = [int(matching.slot[u]) for u in units]
     else:
-        slots = _units(args.slots)
+        slots = comma_ints(args.slots, "--slots")
         if not slots:
             raise DissectError("give --slots (one per unit) or --matched")
     inputs = None

@@ -265,6 +265,10 @@ class BrodenDataset:
             raise DissectError(f"{self._where(i)}: image is {image.shape[:2]}, index.csv says {self.image_size(i)}")
         return image
 
+    def split_of(self, i: int) -> str:
+        """The ``split`` column of row ``i`` ('' where index.csv has none)."""
+        return self._rows[i]["split"]
+
     def row(self, i: int, with_image: bool = False) -> BrodenRow:
         """The raw labels of row i (and its image when asked)."""
         raw = self._rows[i]

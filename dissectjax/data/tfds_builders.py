@@ -68,8 +68,8 @@ class _ProbeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         del dl_manager  # nothing is downloaded
         ds = self._dataset()
         splits = {}
-        for i, row in enumerate(ds._rows):
-            splits.setdefault(row["split"] or "train", []).append(i)
+        for i in range(len(ds)):
+            splits.setdefault(ds.split_of(i) or "train", []).append(i)
         return {name: self._generate_examples(ds, rows) for name, rows in splits.items()}
 
     def _generate_examples(self, ds: BrodenDataset, rows: list[int]):
