@@ -107,7 +107,9 @@ def transplant_into(
     donor: Network, receiver: Network, units: Sequence[int], concepts: Sequence[int], probe, held: HeldOut,
     layer: str, config: DissectConfig,
 ) -> list[dict]:  # fmt: skip
-    """Moves the donor's ``units`` (unit k carries target k) into the receiver's matched slots."""
+    """Moves the donor's ``units`` (unit k carries target k) into the receiver's matched slots: the
+    filters with their inputs reordered by the matching of the layer below, and the outgoing
+    weights too where the readers are the classes (the layer is the last)."""
     model, a = fold_whitening(donor.model, donor.variables)
     receiving, b = fold_whitening(receiver.model, receiver.variables)
     if model != receiving:
