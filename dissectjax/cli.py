@@ -299,7 +299,8 @@ def cmd_train(args) -> int:
         if args.model != "scenenet":
             raise DissectError(f"localizing flags train SceneNet, not --model {args.model}")
         model, terms, concepts = recipe.model(**kwargs), recipe.terms(**kwargs), recipe.numbers()
-        kwargs["whiten"] = list(model.whiten)
+        if model.whiten:
+            kwargs["whiten"] = list(model.whiten)
         info = {"localize": recipe.to_json()}
         say(f"localizing in {recipe.layer}: " + ", ".join(f"{k}={v}" for k, v in info["localize"].items()))
     variables, metrics = train_scene_classifier(model, config, log=say, terms=terms, concepts=concepts)

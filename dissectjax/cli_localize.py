@@ -55,7 +55,7 @@ def _network(spec: str, role: str):
     from dissectjax.localize.recipe import Recipe
 
     name, sep, path = spec.partition("=")
-    if not sep:
+    if not sep or os.path.isdir(spec):  # a directory whose name holds "=" is a path, not NAME=DIR
         name, path = os.path.basename(os.path.normpath(spec)), spec
     if not os.path.isdir(path):
         raise DissectError(f"{role} {path!r} is not a checkpoint directory (write one with 'dissectjax train')")
@@ -86,7 +86,7 @@ def cmd_modularity(args) -> int:
     from dissectjax.cli_chimera import write_csv
     from dissectjax.data import synthetic
     from dissectjax.dissect import DissectConfig
-    from dissectjax.localize.modularity import HeldOut, compare
+    from dissectjax.localize.modularity import HeldOut, compare, probe_concepts
     from dissectjax.localize.recipe import concept_numbers
     from dissectjax.results import write_atomic
 
@@ -99,16 +99,11 @@ def cmd_modularity(args) -> int:
     targets = _targets(networks[1:], args.concepts)
     numbers = concept_numbers(targets)
     for net in networks:
-        if net.recipe.concepts and net.recipe.concepts[: len(targets)] != targets[: len(net.recipe.concepts)]:
-            say(f"note: {net.name} was trained for {', '.join(net.recipe.concepts)}; its units 0..K-1 are "
-                f"measured against {', '.join(targets)}")  # fmt: skip
+        untrained = [t for t in targets if t not in net.recipe.concepts]
+        if net.recipe.concepts and untrained:
+            say(f"note: {net.name} was not trained for {', '.join(untrained)}: its best units for them are measured")
     probe, _ = open_dataset(args.probe, progress, say)
-    index = []
-    for name, number in zip(targets, numbers):
-        found = np.flatnonzero(probe.concepts.numbers == number)
-        if not len(found):
-            raise DissectError(f"the probe set {args.probe} has no concept {name!r}")
-        index.append(int(found[0]))
+    index = probe_concepts(probe, targets)
     say(f"held-out scenes: {args.held} (seed {args.held_seed}) with masks of {', '.join(targets)}")
     held = HeldOut(*synthetic.generate_with_masks(synthetic.SyntheticConfig(size=args.held, seed=args.held_seed),
                                                   numbers))  # fmt: skip
@@ -116,15 +111,20 @@ def cmd_modularity(args) -> int:
     out = compare(networks, networks[0].name, probe, held, index, config, seed=args.seed,
                   move=not args.no_transplant, log=say)  # fmt: skip
     os.makedirs(args.out, exist_ok=True)
+    written = []
     for key in ("networks", "targets", "transplants"):
+        path = os.path.join(args.out, f"{key}.csv")
         if out[key]:
-            write_csv(os.path.join(args.out, f"{key}.csv"), out[key])
+            write_csv(path, out[key])
+            written.append(f"{key}.csv")
+        elif os.path.exists(path):
+            os.remove(path)  # an earlier run's rows must not pass for this run's
     meta = {"baseline": networks[0].name, "concepts": list(targets), "probe": args.probe, "held": args.held,
             "held_seed": args.held_seed, "rotation_seed": 1000 + args.seed,
             "recipes": {n.name: n.recipe.to_json() for n in networks}}  # fmt: skip
     write_atomic(os.path.join(args.out, "modularity.json"), json.dumps({**meta, **out}, indent=2).encode())
     print(format_modularity(out))
-    print(f"wrote {args.out}/networks.csv, targets.csv, transplants.csv and modularity.json", file=sys.stderr)
+    print(f"wrote {args.out}/{', '.join(written)} and modularity.json", file=sys.stderr)
     return 0
 
 
@@ -135,17 +135,19 @@ def format_modularity(out: dict) -> str:
     per = {}
     for r in out["targets"]:
         per.setdefault(r["network"], []).append(r)
-    head = ["network", "accuracy", "detectors", "unique", "target IoU", "best IoU", "rotated IoU", "specificity"]
+    head = ["network", "accuracy", "detectors", "unique", "target IoU", "best IoU", "rotated best", "specificity"]
     rows = []
     for s in out["networks"]:
-        mean = {key: np.mean([r[key] for r in per[s["network"]]]) for key in ("iou", "best_iou", "rotated_iou")}
+        mean = {key: np.mean([r[key] for r in per[s["network"]]]) for key in ("iou", "best_iou", "rotated_best_iou")}
         spec = np.mean([r["specificity"] for r in per[s["network"]]])
         rows.append([s["network"], f"{s['accuracy']:.3f}", str(s["detectors"]), str(s["unique"]),
                      *(f"{v:.3f}" for v in mean.values()), f"{spec:+.3f}"])  # fmt: skip
-    text = [_table(head, rows), "", "per target (the baseline and untrained variants: their best unit)"]
-    text.append(_table(["network", "concept", "unit", "IoU", "best unit", "best IoU", "rotated", "specificity"], [
+    text = [_table(head, rows), "", "per target (* marks a best unit: the network was not trained for the concept)"]
+    text.append(_table(["network", "concept", "unit", "IoU", "best unit", "best IoU", "rotated same", "rotated best",
+                        "specificity"], [
         [r["network"], r["concept"], str(r["unit"]) + ("" if r["trained_unit"] else "*"), f"{r['iou']:.3f}",
-         str(r["best_unit"]), f"{r['best_iou']:.3f}", f"{r['rotated_iou']:.3f}", f"{r['specificity']:+.3f}"]
+         str(r["best_unit"]), f"{r['best_iou']:.3f}", f"{r['rotated_iou']:.3f}", f"{r['rotated_best_iou']:.3f}",
+         f"{r['specificity']:+.3f}"]
         for r in out["targets"]]))  # fmt: skip
     if out["transplants"]:
         text += ["", "transplant: target units moved into the baseline's matched slots"]

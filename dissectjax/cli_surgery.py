@@ -68,6 +68,14 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join([fmt(head), fmt(["-" * w for w in widths])] + [fmt(r) for r in rows])
 
 
+def _folded_kwargs(config: dict) -> dict:
+    """The model arguments of a loaded (hence folded: :func:`_load`) checkpoint's model."""
+    kwargs = dict(config.get("model_kwargs", {}))
+    if kwargs.get("whiten"):
+        kwargs["whiten"] = []
+    return kwargs
+
+
 def _load(path: str):
     from dissectjax.checkpoint import load_checkpoint
     from dissectjax.localize.fold import fold_whitening
@@ -212,7 +220,7 @@ def cmd_transplant(args) -> int:
     _positive(args.images, "--images")
     model_a, vars_a, config_a = _load(args.source)
     model_b, vars_b, config_b = _load(args.target)
-    if config_a["model"] != config_b["model"] or config_a.get("model_kwargs") != config_b.get("model_kwargs"):
+    if model_a != model_b or config_a["input_shape"] != config_b["input_shape"]:  # compared after folding
         raise DissectError(
             f"{args.source} ({config_a['model']}) and {args.target} ({config_b['model']}) are different architectures"
         )
@@ -250,7 +258,7 @@ def cmd_transplant(args) -> int:
     save_checkpoint(
         args.out,
         config_b["model"],
-        config_b.get("model_kwargs", {}),
+        _folded_kwargs(config_b),
         config_b["input_shape"],
         result,
         transplant={

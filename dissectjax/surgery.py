@@ -48,6 +48,8 @@ class Wiring:
       (None where the readers are the classes).
     producer: the submodule whose output is the units' pre-activation.
     previous, next: the neighbouring dissectable layers (None at the ends).
+    outgoing_refused: why the outgoing weights cannot be transplanted, if they cannot (their
+      output axis is not the next layer's units, e.g. when that layer is concept-whitened).
     """
 
     layer: str
@@ -59,6 +61,7 @@ class Wiring:
     producer: str
     previous: str | None
     next: str | None
+    outgoing_refused: str | None = None
 
 
 def wiring(model: nn.Module, layer: str) -> Wiring:
@@ -97,7 +100,10 @@ def wiring(model: nn.Module, layer: str) -> Wiring:
         producer=bn if model.batch_norm else conv,
         previous=None if i == 1 else names[i - 2],
         next=None if last else names[i],
-    )
+        outgoing_refused=None if last or names[i] not in model.whiten else (
+            f"{names[i]} is concept-whitened: its units mix the output channels of the weights that read {layer}. "
+            "Fold the whitening first: model, variables = dissectjax.localize.fold_whitening(model, variables)"),
+    )  # fmt: skip
 
 
 # ---- pure tree edits --------------------------------------------------------------------
@@ -220,6 +226,8 @@ def transplant(
             a = _from_matching(a, input_matching, w.inputs.axis)
         out = _replace(out, s, _put(get(out, s), a, units, slots, s.axis))
     if outgoing:
+        if w.outgoing_refused:
+            raise DissectError(w.outgoing_refused)
         for s in w.outgoing:
             a = get(source, s)
             if w.outgoing_outputs is not None:

@@ -28,12 +28,12 @@ import time
 
 import numpy as np
 
-from dissectjax.checkpoint import save_checkpoint
+from dissectjax.checkpoint import load_checkpoint, save_checkpoint
 from dissectjax.cli import open_dataset
 from dissectjax.cli_chimera import write_csv
 from dissectjax.data import synthetic
 from dissectjax.dissect import DissectConfig
-from dissectjax.localize.modularity import HeldOut, Network, compare
+from dissectjax.localize.modularity import HeldOut, Network, compare, probe_concepts
 from dissectjax.localize.recipe import Recipe, concept_numbers
 from dissectjax.train import TrainConfig, train_scene_classifier
 
@@ -50,15 +50,16 @@ VARIANTS = {
 def train(name: str, recipe: Recipe, config: TrainConfig, out: str) -> Network:
     path = os.path.join(out, "checkpoints", f"{name}-s{config.seed}")
     model = recipe.model()
-    if os.path.isdir(path):  # a rerun measures the networks it already trained
-        from dissectjax.checkpoint import load_checkpoint
-
-        model, variables, _ = load_checkpoint(path)
+    if os.path.isdir(path):  # a rerun measures the networks it already trained, if trained as asked now
+        model, variables, stored = load_checkpoint(path)
+        asked = {"train_config": dataclasses.asdict(config), "localize": recipe.to_json()}
+        if {k: stored.get(k) for k in asked} != asked:
+            raise SystemExit(f"{path} was trained with other settings: remove it or use another --out")
         return Network(name, model, variables, recipe)
     concepts = recipe.numbers() if recipe.concepts else ()
     variables, metrics = train_scene_classifier(model, config, log=lambda _: None, terms=recipe.terms(),
                                                 concepts=concepts)  # fmt: skip
-    kwargs = {"num_classes": 12, "whiten": list(model.whiten)}
+    kwargs = {"num_classes": 12, **({"whiten": list(model.whiten)} if model.whiten else {})}
     save_checkpoint(path, "scenenet", kwargs, (config.image_size,) * 2 + (3,), variables, dataset="synthetic-scenes",
                     train_config=dataclasses.asdict(config), localize=recipe.to_json(), **metrics)  # fmt: skip
     return Network(name, model, variables, recipe)
@@ -76,7 +77,7 @@ def main():
     seeds = [int(s) for s in a.seeds.split(",")]
     probe, _ = open_dataset("synthetic", lambda x, **_: x, lambda *_: None)
     numbers = concept_numbers(TARGETS)
-    index = [int(np.flatnonzero(probe.concepts.numbers == n)[0]) for n in numbers]
+    index = probe_concepts(probe, TARGETS)
     held = HeldOut(*synthetic.generate_with_masks(synthetic.SyntheticConfig(size=a.held, seed=201), numbers))
     os.makedirs(a.out, exist_ok=True)
     rows = {"networks": [], "targets": [], "transplants": []}
@@ -107,12 +108,14 @@ def summarize(rows: dict, out: str) -> None:
     )
     names = list(dict.fromkeys(r["network"] for r in rows["networks"]))
     print(f"\nmean over seeds {seeds} (spread max - min); target columns: mean over {', '.join(TARGETS)}")
-    head = ["variant", "accuracy", "detectors", "unique", "target IoU", "best IoU", "rotated", "specificity"]
+    head = ["variant", "accuracy", "detectors", "unique", "target IoU", "best IoU", "rotated same", "rotated best",
+            "specificity"]  # fmt: skip
     print("  ".join(f"{h:>15s}" for h in head))
     plot = {}
     for name in names:
         cols = {k: per_seed("networks", name, k) for k in ("accuracy", "detectors", "unique")}
-        cols |= {k: per_seed("targets", name, k) for k in ("iou", "best_iou", "rotated_iou", "specificity")}
+        keys = ("iou", "best_iou", "rotated_iou", "rotated_best_iou", "specificity")
+        cols |= {k: per_seed("targets", name, k) for k in keys}
         plot[name] = cols
         print("  ".join(f"{x:>15s}" for x in [name, *(cell(v, k == "specificity") for k, v in cols.items())]))
     print("\nper target: IoU of the target unit (baseline: its best unit), mean (spread)")
@@ -133,7 +136,7 @@ def summarize(rows: dict, out: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 4, figsize=(16, 3.6), constrained_layout=True)
-    panels = (("iou", "target unit's IoU with its concept"), ("rotated_iou", "same, after a random rotation"),
+    panels = (("iou", "target unit's IoU with its concept"), ("rotated_best_iou", "best random direction's IoU"),
               ("specificity", "ablation specificity"), ("accuracy", "held-out accuracy"))  # fmt: skip
     for ax, (key, title) in zip(axes, panels):
         values = [plot[n][key] for n in names]

@@ -236,7 +236,9 @@ def test_surgery_on_whitened_axes_goes_through_folding():
     model, variables, x = random_whitened_scenenet()
     with pytest.raises(DissectError, match="fold_whitening"):
         wiring(model, "conv5")
-    assert wiring(model, "conv4").next == "conv5"  # the layer below stays editable
+    assert wiring(model, "conv4").next == "conv5"  # the layer below stays editable (its filters, and ablation)
+    with pytest.raises(DissectError, match="fold_whitening"):  # but conv5's output channels are not units
+        transplant(model, variables, variables, "conv4", [0], [1], outgoing=True, output_matching=np.arange(12))
     plain, folded = fold_whitening(model, variables)
     # a receiver with the donor's layers below conv5 but its own conv5: the moved axes must arrive exactly
     receiver = plain.init(jax.random.key(42), x)

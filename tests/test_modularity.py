@@ -114,3 +114,47 @@ def test_modularity_needs_a_variant(compared, capsys):
     root = compared[0]
     assert main(["modularity", "--baseline", str(root / "base"), "--out", str(root / "o"), "--quiet"]) == 2
     assert "--variant" in capsys.readouterr().err
+
+
+def test_rotation_control_and_transplant_rows_are_the_librarys(compared):
+    from dissectjax.chimera import ProjectedSource, random_rotation
+    from dissectjax.matching import layer_matching
+    from dissectjax.surgery import transplant
+
+    root, _, targets, transplants, meta = compared
+    probe, _ = open_dataset(PROBE, lambda x, **_: x, lambda *_: None)
+    index = [int(np.flatnonzero(np.asarray(probe.concepts.names) == t)[0]) for t in TARGETS]
+    images, _, _ = synthetic.generate_with_masks(synthetic.SyntheticConfig(size=HELD, seed=HELD_SEED),
+                                                 concept_numbers(TARGETS))  # fmt: skip
+    model, variables = fold_whitening(*load_checkpoint(str(root / "cw"))[:2])
+    source = ModelSource(model, variables, ["conv5"], images.shape[1:])
+    view = {"r": random_rotation(128, meta["rotation_seed"]).T}
+    rotated = dissect(ProjectedSource(source, "conv5", view), probe, DissectConfig(batch_size=100))["r"]
+    for k, c in enumerate(index):
+        t = next(t for t in targets if t["network"] == "whitened" and t["concept"] == TARGETS[k])
+        assert float(t["rotated_iou"]) == pytest.approx(rotated.iou[k, c], abs=1e-6)
+        assert float(t["rotated_best_iou"]) == pytest.approx(rotated.iou[:, c].max(), abs=1e-6)
+    # the supervised network's units 0, 1 moved into the baseline: the same slots and IoU by hand
+    donor, a = load_checkpoint(str(root / "sup"))[:2]
+    _, b = load_checkpoint(str(root / "base"))[:2]
+    slots = layer_matching(donor, a, donor, b, "conv5", images).slot[[0, 1]]
+    below = layer_matching(donor, a, donor, b, "conv4", images).slot
+    moved = transplant(donor, a, b, "conv5", [0, 1], slots, below, outgoing=True)
+    r = dissect(ModelSource(donor, moved, ["conv5"], images.shape[1:]), probe, DissectConfig(batch_size=100))["conv5"]
+    rows = [m for m in transplants if m["donor"] == "sup"]
+    assert [int(m["slot"]) for m in rows] == slots.tolist()
+    for m, slot, c in zip(rows, slots, index):
+        assert float(m["iou_after"]) == pytest.approx(r.iou[slot, c], abs=1e-6)
+
+
+def test_surgery_commands_take_localized_checkpoints(compared, tmp_path):
+    root = compared[0]
+    assert read_config(str(root / "sup"))["model_kwargs"] == read_config(str(root / "base"))["model_kwargs"]
+    common = ["--layer", "conv5", "--units", "0,1", "--matched", "--outgoing", "--images", "60"]
+    assert main(["transplant", "--source", str(root / "sup"), "--target", str(root / "base"), *common,
+                 "--out", str(tmp_path / "into-base")]) == 0  # fmt: skip
+    # into a whitened network: folded on load, written (and read back) as the plain SceneNet it equals
+    assert main(["transplant", "--source", str(root / "base"), "--target", str(root / "cw"), *common,
+                 "--out", str(tmp_path / "into-cw")]) == 0  # fmt: skip
+    model, variables, _ = load_checkpoint(str(tmp_path / "into-cw"))
+    assert model.whiten == () and "block5_bn" in variables["params"]

@@ -10,7 +10,8 @@ so each whitened axis j is exactly one convolution filter, ``K @ (W R)[:, j]``, 
 the architecture without whitening: with BatchNorm, the bias goes into an identity
 BatchNorm (mean 0, variance ``1 - epsilon``, scale 1). The folded network computes the same
 logits and the same sown activations (to float32 rounding, tested), and every surgery tool
-then applies to the aligned axes as to any unit: ablation, transplant, wiring, matching.
+then applies to the aligned axes as to any unit: ablation, transplant, wiring, matching
+(``dissectjax ablate``, ``match``, ``transplant`` and ``serve`` fold on load).
 
 Only evaluation is preserved: training the folded network normalizes with batch
 statistics again, as a plain SceneNet does.

@@ -7,17 +7,20 @@
            ablation specificity of the unit
         -> per localized network and target: transplant into the baseline
 
-A network's unit for target k is unit k when its recipe trained it for the concept
-(concept supervision or axis alignment), otherwise its best unit for the concept (highest
-IoU): the baseline is measured at its best. Concept-whitened layers are folded into plain
+A network's unit for a target concept is the unit its recipe trained for it (unit k for
+the recipe's k-th concept, by concept supervision or axis alignment), otherwise its best
+unit for the concept (highest IoU): the baseline is measured at its best. Concept-whitened layers are folded into plain
 units first (:func:`~dissectjax.localize.fold.fold_whitening`, the same function), so
 every measurement applies to every variant alike.
 
-*Ablation specificity* of a unit for concept c: zero the unit; the accuracy drop on
-held-out scenes that contain c minus the drop on scenes that do not. *Transplant*: the
-unit moves into the baseline's matched slot (correlation on held-out scenes), its filter's
-inputs reordered by the matching of the layer below and its outgoing weights copied;
-measured are the slot's IoU with the concept in the receiving network (does it keep its
+*Rotation control*: the layer is rotated at random and dissected again; reported are the
+IoU of the same index after rotation and the best IoU of any rotated direction (a unit
+basis that carries a concept beats the best random direction). *Ablation specificity* of
+a unit for concept c: zero the unit; the accuracy drop on held-out scenes that contain c
+minus the drop on scenes that do not. *Transplant*: a trained unit moves into the
+baseline's matched slot (correlation on held-out scenes), its filter's inputs reordered by
+the matching of the layer below, and its outgoing weights copied where they are the
+classifier's (the last layer); measured are the slot's IoU with the concept in the receiving network (does it keep its
 concept?), the receiver's accuracy, and the slot's specificity there (does it use it?).
 """
 
@@ -89,27 +92,53 @@ def measure(
     r, rotated = results[layer], results[ROTATED]
     accuracy = float(np.mean(predict(model, variables, held.images) == held.labels))
     summary = {"network": net.name, "accuracy": accuracy, "detectors": r.detectors, "unique": r.unique["total"]}
-    trained = bool(net.recipe.concept or net.recipe.align)
     rows = []
     for k, c in enumerate(concepts):
         best = int(np.argmax(r.iou[:, c]))
-        unit = k if trained else best
+        trained = trained_unit(net.recipe, probe.concepts.names[c])
+        unit = best if trained is None else trained
         rows.append({
             "network": net.name, "target": k, "concept": probe.concepts.names[c],
-            "unit": unit, "trained_unit": trained, "iou": float(r.iou[unit, c]), "best_unit": best,
+            "unit": unit, "trained_unit": trained is not None, "iou": float(r.iou[unit, c]), "best_unit": best,
             "best_iou": float(r.iou[best, c]), "rotated_iou": float(rotated.iou[unit, c]),
+            "rotated_best_iou": float(rotated.iou[:, c].max()),
             "specificity": specificity(model, variables, layer, unit, held, k),
         })  # fmt: skip
     return summary, rows
 
 
+def trained_unit(recipe: Recipe, concept: str) -> int | None:
+    """The unit ``recipe`` trained for ``concept`` (by supervision or alignment), or None."""
+    if (recipe.concept or recipe.align) and concept in recipe.concepts:
+        return recipe.concepts.index(concept)
+    return None
+
+
+def probe_concepts(probe, names: Sequence[str]) -> list[int]:
+    """The probe set's concept index of each name (an error names what is missing or ambiguous)."""
+    out = []
+    for name in names:
+        found = np.flatnonzero(np.asarray(probe.concepts.names) == name)
+        if len(found) != 1:
+            problem = "no concept" if not len(found) else f"{len(found)} concepts"
+            raise DissectError(f"the probe set has {problem} named {name!r}")
+        out.append(int(found[0]))
+    return out
+
+
 def transplant_into(
-    donor: Network, receiver: Network, units: Sequence[int], concepts: Sequence[int], probe, held: HeldOut,
-    layer: str, config: DissectConfig,
+    donor: Network, receiver: Network, concepts: Sequence[int], probe, held: HeldOut, layer: str,
+    config: DissectConfig,
 ) -> list[dict]:  # fmt: skip
-    """Moves the donor's ``units`` (unit k carries target k) into the receiver's matched slots: the
-    filters with their inputs reordered by the matching of the layer below, and the outgoing
-    weights too where the readers are the classes (the layer is the last)."""
+    """Moves the donor's trained units for the targets ``concepts`` (probe indices; targets it was
+    not trained for are skipped) into the receiver's matched slots: the filters with their
+    inputs reordered by the matching of the layer below, and the outgoing weights too where
+    the readers are the classes (the layer is the last)."""
+    picked = [(k, trained_unit(donor.recipe, probe.concepts.names[c]), c) for k, c in enumerate(concepts)]
+    picked = [(k, u, c) for k, u, c in picked if u is not None]
+    if not picked:
+        return []
+    units = [u for _, u, _ in picked]
     model, a = fold_whitening(donor.model, donor.variables)
     receiving, b = fold_whitening(receiver.model, receiver.variables)
     if model != receiving:
@@ -126,7 +155,7 @@ def transplant_into(
              "unit": int(u), "slot": slot, "iou_after": float(r.iou[slot, c]),
              "accuracy_before": before, "accuracy_after": after,
              "specificity_after": specificity(model, moved, layer, slot, held, k)}
-            for k, (u, slot, c) in enumerate(zip(units, slots, concepts))]  # fmt: skip
+            for (k, u, c), slot in zip(picked, slots)]  # fmt: skip
 
 
 def compare(
@@ -145,6 +174,14 @@ def compare(
     if len(layers) > 1:
         raise DissectError(f"the variants localize in different layers ({', '.join(sorted(layers))}): compare one")
     layer = layers.pop() if layers else networks[0].recipe.layer
+    for k, c in enumerate(concepts):  # before any work: specificity needs scenes with and without each target
+        has = held.contains(k)
+        if has.all() or not has.any():
+            where = "all" if has.any() else "none"
+            raise DissectError(
+                f"{probe.concepts.names[c]} is in {where} of the {len(has)} held-out scenes: choose targets that "
+                "some scenes have and some lack"
+            )
     out = {"networks": [], "targets": [], "transplants": []}
     for net in networks:
         summary, rows = measure(net, concepts, probe, held, layer, config, seed)
@@ -156,8 +193,9 @@ def compare(
     receiver = next(n for n in networks if n.name == baseline)
     for net in networks:
         if move and net.name != baseline and (net.recipe.concept or net.recipe.align):
-            moved = transplant_into(net, receiver, list(range(len(concepts))), concepts, probe, held, layer, config)
+            moved = transplant_into(net, receiver, concepts, probe, held, layer, config)
             out["transplants"] += moved
-            log(f"{net.name} -> {baseline}: IoU in the receiver " + ", ".join(
+            if moved:
+                log(f"{net.name} -> {baseline}: IoU in the receiver " + ", ".join(
                 f"{m['concept']} {m['iou_after']:.3f}" for m in moved))  # fmt: skip
     return out

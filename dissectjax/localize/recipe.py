@@ -87,6 +87,11 @@ class Recipe:
 
     @classmethod
     def from_json(cls, data: Mapping) -> Recipe:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise DissectError(f"a localizing recipe with unknown fields {unknown} (written by another version?); "
+                               f"known fields: {sorted(known)}")  # fmt: skip
         return cls(**{**data, "concepts": tuple(data.get("concepts", ()))})
 
 
