@@ -11,7 +11,9 @@ and initialization seed; ``dissectjax train`` with the variant's flags does the 
 * ``sparse``: + L1 on conv5's activations (``--l1 0.05``);
 * ``whiten``: conv5's BatchNorm replaced by concept whitening, axes 0..3 aligned to the
   targets (``--whiten --align 1``);
-* ``concept+sparse``: both terms.
+* ``concept+sparse``: both terms;
+* ``whiten-only`` (run with ``--variants``): concept whitening without alignment, the
+  control that separates what whitening does from what the alignment does.
 
 Each trained network is saved under ``--out/checkpoints/VARIANT-sSEED``, and the seed's
 networks are measured together by :func:`dissectjax.localize.modularity.compare` (what
@@ -43,6 +45,7 @@ VARIANTS = {
     "concept": Recipe(concepts=TARGETS, concept=0.5),
     "sparse": Recipe(l1=0.05),
     "whiten": Recipe(concepts=TARGETS, whiten=True, align=1.0),
+    "whiten-only": Recipe(whiten=True),  # the control: whitening without alignment (measured at its best units)
     "concept+sparse": Recipe(concepts=TARGETS, concept=0.5, l1=0.05),
 }
 
@@ -71,7 +74,7 @@ def main():
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--train", type=int, default=6000)
     p.add_argument("--held", type=int, default=1000)
-    p.add_argument("--variants", default=",".join(VARIANTS))
+    p.add_argument("--variants", default="baseline,concept,sparse,whiten,concept+sparse")
     p.add_argument("--out", default="localize-out")
     a = p.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
