@@ -96,7 +96,8 @@ def main():
                       log=lambda m, s=seed: print(f"seed {s}: {m}", flush=True))  # fmt: skip
         for key, values in out.items():
             rows[key] += [{"seed": seed, **r} for r in values]
-            write_csv(os.path.join(a.out, f"{key}.csv"), rows[key])
+            if rows[key]:  # no transplants without a trained variant
+                write_csv(os.path.join(a.out, f"{key}.csv"), rows[key])
     summarize(rows, a.out)
 
 
