@@ -150,7 +150,7 @@ def summarize(rows: dict, out: str) -> None:
         ax.set_title(title, fontsize=10)
         ax.tick_params(axis="x", rotation=30)
     fig.savefig(os.path.join(out, "localize.png"), dpi=110)
-    print(f"wrote {out}/networks.csv, targets.csv, transplants.csv and localize.png")
+    print(f"wrote {', '.join(f'{out}/{k}.csv' for k in rows if rows[k])} and {out}/localize.png")
 
 
 if __name__ == "__main__":
