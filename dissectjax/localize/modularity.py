@@ -68,9 +68,19 @@ class HeldOut:
         return self.masks[..., k].any(axis=(1, 2))
 
 
-def specificity(model: nn.Module, variables: Mapping, layer: str, unit: int, held: HeldOut, k: int) -> float:
-    """Accuracy drop on scenes with target k minus the drop on the others, when ``unit`` is zeroed."""
-    correct = predict(model, variables, held.images) == held.labels
+def specificity(
+    model: nn.Module,
+    variables: Mapping,
+    layer: str,
+    unit: int,
+    held: HeldOut,
+    k: int,
+    correct: np.ndarray | None = None,
+) -> float:
+    """Accuracy drop on scenes with target k minus the drop on the others, when ``unit`` is zeroed.
+    ``correct``: bool [N], the intact network's hits on ``held`` where the caller has them already."""
+    if correct is None:
+        correct = predict(model, variables, held.images) == held.labels
     ablated = zero_out(model, variables, layer, unit_mask(model, layer, [unit]))
     kept = predict(model, ablated, held.images) == held.labels
     has = held.contains(k)
@@ -90,7 +100,8 @@ def measure(
     views = {layer: np.eye(units), ROTATED: random_rotation(units, 1000 + seed).T}
     results = dissect(ProjectedSource(source, layer, views), probe, config)
     r, rotated = results[layer], results[ROTATED]
-    accuracy = float(np.mean(predict(model, variables, held.images) == held.labels))
+    correct = predict(model, variables, held.images) == held.labels
+    accuracy = float(correct.mean())
     summary = {"network": net.name, "accuracy": accuracy, "detectors": r.detectors, "unique": r.unique["total"]}
     rows = []
     for k, c in enumerate(concepts):
@@ -102,7 +113,7 @@ def measure(
             "unit": unit, "trained_unit": trained is not None, "iou": float(r.iou[unit, c]), "best_unit": best,
             "best_iou": float(r.iou[best, c]), "rotated_iou": float(rotated.iou[unit, c]),
             "rotated_best_iou": float(rotated.iou[:, c].max()),
-            "specificity": specificity(model, variables, layer, unit, held, k),
+            "specificity": specificity(model, variables, layer, unit, held, k, correct),
         })  # fmt: skip
     return summary, rows
 
@@ -150,11 +161,12 @@ def transplant_into(
     moved = transplant(model, a, b, layer, units, slots, below, outgoing=w.next is None, output_matching=None)
     r = dissect(ModelSource(model, moved, [layer], held.images.shape[1:]), probe, config)[layer]
     before = float(np.mean(predict(model, b, held.images) == held.labels))
-    after = float(np.mean(predict(model, moved, held.images) == held.labels))
+    correct = predict(model, moved, held.images) == held.labels
+    after = float(correct.mean())
     return [{"donor": donor.name, "receiver": receiver.name, "target": k, "concept": probe.concepts.names[c],
              "unit": int(u), "slot": slot, "iou_after": float(r.iou[slot, c]),
              "accuracy_before": before, "accuracy_after": after,
-             "specificity_after": specificity(model, moved, layer, slot, held, k)}
+             "specificity_after": specificity(model, moved, layer, slot, held, k, correct)}
             for (k, u, c), slot in zip(picked, slots)]  # fmt: skip
 
 
