@@ -20,7 +20,7 @@ import time
 import jax
 import numpy as np
 
-from dissectjax.compositional import Masks, explain_units, pack_bits
+from dissectjax.analysis.compositional import Masks, explain_units, pack_bits
 
 PUBLISHED_IMAGES = 22_210
 

@@ -1,21 +1,42 @@
-"""dissectjax: Network Dissection in JAX/Flax.
+"""dissectjax: Network Dissection in JAX/Flax, and surgery on the units it labels.
 
-    params, batch -> activations -> statistics (thresholds, counts) -> IoU, labels
+    variables, probe batch -> activations -> thresholds, counts -> IoU, labels -> results
+    variables -> UnitEdit / transplant -> variables -> evaluate, ablation measures
 
-The main entry points; everything else lives in its module (see README.md, Layout).
+The curated public API (``import dissectjax as dj``); docs/ARCHITECTURE.md maps the rest.
+
+>>> import dissectjax as dj
+>>> config = dj.DissectConfig(quantile=0.01)
+>>> config.quantile, config.iou_threshold
+(0.01, 0.04)
+>>> edit = dj.UnitEdit.zero("conv5", [3, 17], num_units=128)
+>>> edit.units.tolist()
+[3, 17]
+>>> sorted(dj.MODELS)[:3]
+['alexnet', 'lenet5', 'resnet18']
 """
 
+from dissectjax import evaluate
 from dissectjax.checkpoint import load_checkpoint, save_checkpoint
 from dissectjax.data.broden import BrodenDataset
 from dissectjax.data.memory import InMemoryProbe
-from dissectjax.dissect import DissectConfig, LayerResult, ResumeFile, dissect
+from dissectjax.data.open import open_probe
+from dissectjax.dissect import (
+    ArraySource,
+    DissectConfig,
+    LayerResult,
+    ModelSource,
+    ProbeDataset,
+    Source,
+    dissect,
+    run_dissection,
+)
+from dissectjax.edit import UnitEdit, fold, layer_matching, transplant, with_edits
 from dissectjax.errors import DissectError
 from dissectjax.models import MODELS, build_model
 from dissectjax.parallel import DataParallel
-from dissectjax.sources import ArraySource, ModelSource
-from dissectjax.surgery import replace_activations, transplant, unit_mask, zero_out
-
-__version__ = "0.1.0"
+from dissectjax.results import read_results, write_results
+from dissectjax.version import __version__
 
 __all__ = [
     "MODELS",
@@ -27,13 +48,21 @@ __all__ = [
     "InMemoryProbe",
     "LayerResult",
     "ModelSource",
-    "ResumeFile",
+    "ProbeDataset",
+    "Source",
+    "UnitEdit",
+    "__version__",
     "build_model",
     "dissect",
+    "evaluate",
+    "fold",
+    "layer_matching",
     "load_checkpoint",
-    "replace_activations",
+    "open_probe",
+    "read_results",
+    "run_dissection",
     "save_checkpoint",
     "transplant",
-    "unit_mask",
-    "zero_out",
+    "with_edits",
+    "write_results",
 ]

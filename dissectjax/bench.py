@@ -22,7 +22,7 @@ import numpy as np
 from dissectjax.data.concepts import Concepts
 from dissectjax.data.memory import InMemoryProbe
 from dissectjax.data.probe import ProbeBatch
-from dissectjax.dissect import DissectConfig, _no_progress, _Run
+from dissectjax.dissect import DissectConfig, Passes
 from dissectjax.parallel import DataParallel
 
 BRODEN_CATEGORIES = {"object": 500, "part": 200, "material": 30, "color": 11, "scene": 412, "texture": 47}
@@ -69,6 +69,7 @@ class PooledSource:
         self._acts = acts
         self.layers = [name]
         self.units = {name: acts.shape[-1]}
+        self.description = f"{len(acts)} pooled activation rows"
 
     def activations(self, batch: ProbeBatch, parallel: DataParallel):
         rows = np.where(batch.index >= 0, batch.index % len(self._acts), 0)
@@ -99,13 +100,13 @@ def time_dissection(source, probe, config: DissectConfig, parallel: DataParallel
     parallel = parallel or DataParallel.create()
     if warmup is None:
         warmup = InMemoryProbe(probe.concepts, *_first_rows(probe, parallel.global_batch_size(config.batch_size)))
-    w = _Run(source, warmup, config, _no_progress, parallel, None)
-    w.counts(w.thresholds(None), None)
-    run = _Run(source, probe, config, _no_progress, parallel, None)
+    warm = Passes(source, warmup, config, parallel=parallel)
+    warm.counts(warm.thresholds())
+    passes = Passes(source, probe, config, parallel=parallel)
     start = time.perf_counter()
-    thresholds = run.thresholds(None)
+    thresholds = passes.thresholds()
     middle = time.perf_counter()
-    counts = run.counts(thresholds, None)
+    counts = passes.counts(thresholds)
     end = time.perf_counter()
     return Timing(len(probe), middle - start, end - middle), thresholds, counts
 
@@ -174,15 +175,13 @@ def run_broden_scale(images: int, pool: int, baseline_images: int, batch_size: i
 def run_small(images: int, batch_size: int, quantile: float, say=print):
     """Times the demo's workload: SceneNet (random init) conv1-conv5 on synthetic scenes."""
     from dissectjax.checkpoint import init_variables
-    from dissectjax.data import synthetic
-    from dissectjax.data.broden import BrodenDataset
+    from dissectjax.data.open import open_probe
+    from dissectjax.dissect.sources import ModelSource
     from dissectjax.models import build_model
-    from dissectjax.sources import ModelSource
 
     parallel = DataParallel.create()
-    probe = BrodenDataset(synthetic.ensure_broden(synthetic.SyntheticConfig(size=images, seed=1)))
-    warm = BrodenDataset(synthetic.ensure_broden(synthetic.SyntheticConfig(size=parallel.global_batch_size(batch_size),
-                                                                           seed=1)))  # fmt: skip
+    probe, _ = open_probe(f"synthetic:{images}")
+    warm, _ = open_probe(f"synthetic:{parallel.global_batch_size(batch_size)}")
     model = build_model("scenenet")
     source = ModelSource(model, init_variables(model, (64, 64, 3)), [f"conv{i}" for i in range(1, 6)], (64, 64, 3))
     say(f"small: SceneNet conv1-conv5 (416 units) on {images} synthetic scenes, 64 px, 32 x 32 labels, "

@@ -20,6 +20,21 @@ import orbax.checkpoint as ocp
 
 from dissectjax.errors import DissectError
 from dissectjax.models import build_model
+from dissectjax.models.scenenet import fold_whitening
+
+
+def bundled_checkpoints() -> str:
+    """The folder of the project's committed checkpoints (``checkpoints/`` beside the
+    package), or ``$DISSECTJAX_CHECKPOINTS``."""
+    env = os.environ.get("DISSECTJAX_CHECKPOINTS")
+    if env:
+        return env
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "checkpoints")
+
+
+def demo_checkpoint() -> str:
+    """The demo's trained scene classifier (``checkpoints/scenenet``)."""
+    return os.path.join(bundled_checkpoints(), "scenenet")
 
 
 def init_variables(model: nn.Module, input_shape, seed: int = 0):
@@ -56,8 +71,14 @@ def read_config(directory: str) -> dict:
         return json.load(f)
 
 
-def load_checkpoint(directory: str):
-    """Returns (model, variables, config) of a checkpoint written by :func:`save_checkpoint`."""
+def load_checkpoint(directory: str, fold: bool = False):
+    """Returns (model, variables, config) of a checkpoint written by :func:`save_checkpoint`.
+
+    With ``fold``, concept-whitened layers are folded into plain units (the same function
+    at evaluation, :func:`dissectjax.models.scenenet.fold_whitening`), so that unit edits
+    and transplants apply to their axes; ``config["model_kwargs"]`` then describes the
+    folded model (what a checkpoint of an edited network records).
+    """
     directory = os.path.abspath(directory)
     config = read_config(directory)
     model = build_model(config["model"], **config.get("model_kwargs", {}))
@@ -69,4 +90,7 @@ def load_checkpoint(directory: str):
         variables = ocp.StandardCheckpointer().restore(os.path.join(directory, "state"), abstract)
     except (FileNotFoundError, ValueError) as e:
         raise DissectError(f"cannot restore checkpoint {directory}: {e}") from None
+    if fold and getattr(model, "whiten", ()):
+        model, variables = fold_whitening(model, variables)
+        config = {**config, "model_kwargs": {**config.get("model_kwargs", {}), "whiten": []}}
     return model, variables, config

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import dataclasses
+import io
 import json
 import os
 import platform
@@ -27,7 +28,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from dissectjax.data.concepts import Concepts
-from dissectjax.dissect import LayerResult
+from dissectjax.dissect.result import LayerResult
 from dissectjax.errors import DissectError
 from dissectjax.stats.labels import label_units, unique_detectors
 
@@ -38,7 +39,7 @@ def versions() -> dict[str, str]:
     import flax
     import jax
 
-    from dissectjax import __version__
+    from dissectjax.version import __version__
 
     return {
         "dissectjax": __version__,
@@ -283,3 +284,13 @@ def read_top_images(directory: str) -> dict | None:
         return None
     with np.load(path, allow_pickle=False) as f:
         return {k: f[k] for k in f.files}
+
+
+def write_csv(path: str, rows: list[dict]) -> None:
+    """Writes dict rows as a CSV table atomically (:func:`write_atomic`), creating the folder;
+    the header is the first row's keys."""
+    text = io.StringIO(newline="")
+    w = csv.DictWriter(text, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    write_atomic(path, text.getvalue().encode())

@@ -14,9 +14,9 @@ import argparse
 
 import numpy as np
 
-from dissectjax.ablation import balanced_accuracy, confusions, layer_data, ranked_units, single_unit_damage
+from dissectjax.analysis.ablation import balanced_accuracy, confusions, layer_data, ranked_units, single_unit_damage
 from dissectjax.checkpoint import load_checkpoint
-from dissectjax.cli_surgery import class_names, scene_images
+from dissectjax.data.splits import SCENE_CLASSES, scene_images
 
 
 def main():
@@ -29,7 +29,7 @@ def main():
     p.add_argument("--curve-class", default="playroom")
     p.add_argument("--plot", default="ablation_curves.png")
     a = p.parse_args()
-    names = class_names()
+    names = list(SCENE_CLASSES)
     model, variables, _ = load_checkpoint(a.checkpoint)
     rank = layer_data(model, variables, a.layer, *scene_images(a.images, "rank"))
     held = layer_data(model, variables, a.layer, *scene_images(a.images, "eval"))

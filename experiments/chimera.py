@@ -13,8 +13,7 @@ import argparse
 
 import numpy as np
 
-from dissectjax.checkpoint import init_variables, load_checkpoint
-from dissectjax.chimera import (
+from dissectjax.analysis.chimera import (
     ProjectedSource,
     plot_rotation_curves,
     point_name,
@@ -22,10 +21,11 @@ from dissectjax.chimera import (
     rotation_summary,
     rotations,
 )
+from dissectjax.checkpoint import init_variables, load_checkpoint
 from dissectjax.data import synthetic
 from dissectjax.data.broden import BrodenDataset
 from dissectjax.dissect import DissectConfig, dissect
-from dissectjax.sources import ModelSource
+from dissectjax.dissect.sources import ModelSource
 
 
 def main():

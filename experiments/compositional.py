@@ -12,12 +12,12 @@ import time
 
 import numpy as np
 
+from dissectjax.analysis.compositional import collect_masks, explain_units
 from dissectjax.checkpoint import load_checkpoint
-from dissectjax.compositional import collect_masks, explain_units
 from dissectjax.data import synthetic
 from dissectjax.data.broden import BrodenDataset
 from dissectjax.dissect import DissectConfig, dissect
-from dissectjax.sources import ModelSource
+from dissectjax.dissect.sources import ModelSource
 
 
 def main():

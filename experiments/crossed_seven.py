@@ -18,11 +18,7 @@ import argparse
 
 import numpy as np
 
-from dissectjax.data.digits import StyledDigitsConfig, styled_digits, with_rates
-from dissectjax.models import build_model
-from dissectjax.specialize import (
-    TrainConfig,
-    ablation_edits,
+from dissectjax.analysis.specialize import (
     accuracy_by_group,
     anomalies,
     margins_by_group,
@@ -30,6 +26,10 @@ from dissectjax.specialize import (
     unit_activations,
     weighted_mean_inputs,
 )
+from dissectjax.data.digits import StyledDigitsConfig, styled_digits, with_rates
+from dissectjax.edit import UnitEdit
+from dissectjax.models import build_model
+from dissectjax.train import TrainConfig
 
 LAYERS = ("conv2", "fc1", "fc2")
 
@@ -84,9 +84,9 @@ def main():
     groups = ("7-crossed", "7-plain", "7-hook")
     base = margins_by_group(model, params, xt, yt, tt)
 
-    def damage(edits):
-        """Per group (and all other digits): accuracy drop and mean margin drop."""
-        after = margins_by_group(model, params, xt, yt, tt, edits)
+    def damage(edit):
+        """Per group (and all other digits): accuracy drop and mean margin drop under ``edit``."""
+        after = margins_by_group(model, params, xt, yt, tt, edit)
         keys = {g: [g] for g in groups} | {"others": [t for t in base if not t.startswith("7")]}
         out = {}
         for name, tags in keys.items():
@@ -105,9 +105,9 @@ def main():
     rows = []
     for layer, unit, how in candidates:
         n_units = acts[layer].shape[1]
-        d = damage(ablation_edits(layer, [unit], n_units))
+        d = damage(UnitEdit.zero(layer, [unit], n_units))
         picks = rng.choice(np.delete(np.arange(n_units), unit), a.random_units, replace=False)
-        rand = [damage(ablation_edits(layer, [int(r)], n_units)) for r in picks]
+        rand = [damage(UnitEdit.zero(layer, [int(r)], n_units)) for r in picks]
         rand_mean = {g: tuple(np.mean([r[g][i] for r in rand]) for i in range(2)) for g in d}
         sel = d_prime(acts[layer][crossed, unit], acts[layer][plain, unit])
         rows.append((layer, unit, how, sel, d, rand_mean))

@@ -16,7 +16,7 @@ and initialization seed; ``dissectjax train`` with the variant's flags does the 
   control that separates what whitening does from what the alignment does.
 
 Each trained network is saved under ``--out/checkpoints/VARIANT-sSEED``, and the seed's
-networks are measured together by :func:`dissectjax.localize.modularity.compare` (what
+networks are measured together by :func:`dissectjax.analysis.localize.modularity.compare` (what
 ``dissectjax modularity`` runs): accuracy, conv5 detectors and unique detectors, each
 target unit's IoU with its concept against the best unit's, the rotation control,
 ablation specificity, and the transplant of the target units into the baseline. Prints
@@ -30,14 +30,16 @@ import time
 
 import numpy as np
 
+from dissectjax.analysis.localize.modularity import HeldOut, Network, compare, probe_concepts
+from dissectjax.analysis.localize.recipe import Recipe, concept_numbers
 from dissectjax.checkpoint import load_checkpoint, save_checkpoint
-from dissectjax.cli import open_dataset
-from dissectjax.cli_chimera import write_csv
 from dissectjax.data import synthetic
+from dissectjax.data.open import open_probe
+from dissectjax.data.splits import scene_split_seed
 from dissectjax.dissect import DissectConfig
-from dissectjax.localize.modularity import HeldOut, Network, compare, probe_concepts
-from dissectjax.localize.recipe import Recipe, concept_numbers
-from dissectjax.train import TrainConfig, train_scene_classifier
+from dissectjax.results import write_csv
+from dissectjax.train import SCENE_TRAINING, SceneData, TrainConfig, train_scene_classifier
+from dissectjax.train.scenes import training_record
 
 TARGETS = ("triangle", "star", "crown", "wheel")
 VARIANTS = {
@@ -50,21 +52,24 @@ VARIANTS = {
 }
 
 
-def train(name: str, recipe: Recipe, config: TrainConfig, out: str) -> Network:
+def train(name: str, recipe: Recipe, config: TrainConfig, data: SceneData, out: str) -> Network:
     path = os.path.join(out, "checkpoints", f"{name}-s{config.seed}")
     model = recipe.model()
     if os.path.isdir(path):  # a rerun measures the networks it already trained, if trained as asked now
         model, variables, stored = load_checkpoint(path)
-        asked = {"train_config": dataclasses.asdict(config), "localize": recipe.to_json()}
+        asked = {
+            "train_config": training_record(config, data),
+            "localize": recipe.to_json(),
+        }
         if {k: stored.get(k) for k in asked} != asked:
             raise SystemExit(f"{path} was trained with other settings: remove it or use another --out")
         return Network(name, model, variables, recipe)
     concepts = recipe.numbers() if recipe.concepts else ()
-    variables, metrics = train_scene_classifier(model, config, log=lambda _: None, terms=recipe.terms(),
+    variables, metrics = train_scene_classifier(model, config, data, log=lambda _: None, terms=recipe.terms(),
                                                 concepts=concepts)  # fmt: skip
     kwargs = {"num_classes": 12, **({"whiten": list(model.whiten)} if model.whiten else {})}
-    save_checkpoint(path, "scenenet", kwargs, (config.image_size,) * 2 + (3,), variables, dataset="synthetic-scenes",
-                    train_config=dataclasses.asdict(config), localize=recipe.to_json(), **metrics)  # fmt: skip
+    save_checkpoint(path, "scenenet", kwargs, (data.image_size,) * 2 + (3,), variables, dataset="synthetic-scenes",
+                    train_config=training_record(config, data), localize=recipe.to_json(), **metrics)  # fmt: skip
     return Network(name, model, variables, recipe)
 
 
@@ -78,10 +83,12 @@ def main():
     p.add_argument("--out", default="localize-out")
     a = p.parse_args()
     seeds = [int(s) for s in a.seeds.split(",")]
-    probe, _ = open_dataset("synthetic", lambda x, **_: x, lambda *_: None)
+    probe, _ = open_probe("synthetic")
     numbers = concept_numbers(TARGETS)
     index = probe_concepts(probe, TARGETS)
-    held = HeldOut(*synthetic.generate_with_masks(synthetic.SyntheticConfig(size=a.held, seed=201), numbers))
+    held = HeldOut(
+        *synthetic.generate_with_masks(synthetic.SyntheticConfig(size=a.held, seed=scene_split_seed("eval")), numbers)
+    )
     os.makedirs(a.out, exist_ok=True)
     rows = {"networks": [], "targets": [], "transplants": []}
     for seed in seeds:
@@ -89,7 +96,13 @@ def main():
         for name in a.variants.split(","):
             t = time.perf_counter()
             networks.append(
-                train(name, VARIANTS[name], TrainConfig(seed=seed, train_size=a.train, epochs=a.epochs), a.out)
+                train(
+                    name,
+                    VARIANTS[name],
+                    dataclasses.replace(SCENE_TRAINING, seed=seed, epochs=a.epochs),
+                    SceneData(train_size=a.train),
+                    a.out,
+                )
             )
             print(f"seed {seed}: trained {name} ({time.perf_counter() - t:.0f} s)", flush=True)
         out = compare(networks, "baseline", probe, held, index, DissectConfig(batch_size=100), seed=seed,

@@ -13,13 +13,13 @@ import argparse
 
 import numpy as np
 
+from dissectjax.analysis.chimera import ProjectedSource
+from dissectjax.analysis.multiunit import fit_concepts, pixel_samples, top_k_views
 from dissectjax.checkpoint import load_checkpoint
-from dissectjax.chimera import ProjectedSource
 from dissectjax.data import synthetic
 from dissectjax.data.broden import BrodenDataset
 from dissectjax.dissect import DissectConfig, dissect
-from dissectjax.multiunit import fit_concepts, pixel_samples, top_k_views
-from dissectjax.sources import ModelSource
+from dissectjax.dissect.sources import ModelSource
 
 
 def main():

@@ -6,11 +6,11 @@ Two instances of ``ConvNet`` (``dissectjax.models.nnx_convnet``: three convoluti
 ``conv1``-``conv3``) are trained from different seeds on synthetic scenes with a plain
 optax loop over ``nnx.split`` parameters. Then:
 
-* dissection of conv3 (``nnx_tools.source``: the same driver as for linen models);
-* ablation (``surgery.zero_out`` on the split parameters): the units labelled with the
+* dissection of conv3 (``ModelSource.from_nnx``: the same driver as for linen models);
+* ablation (``dissectjax.edit.fold`` of a zero ``UnitEdit`` into the split parameters): the units labelled with the
   layer's most common concept, against as many random units, per-class accuracy on held-out
   scenes (seed 201);
-* transplant (``surgery.transplant``) of A's conv1 units into B's slots: conv1 reads the
+* transplant (``dissectjax.edit.transplant``) of A's conv1 units into B's slots: conv1 reads the
   image, so a moved unit's activations, and so its dissection, must be A's exactly.
 """
 
@@ -23,13 +23,14 @@ import numpy as np
 import optax
 from flax import nnx
 
-from dissectjax.cli import open_dataset
-from dissectjax.cli_surgery import class_names, scene_images
 from dissectjax.data import synthetic
+from dissectjax.data.open import open_probe
+from dissectjax.data.splits import SCENE_CLASSES, scene_images
 from dissectjax.dissect import DissectConfig, dissect
+from dissectjax.dissect.sources import ModelSource
+from dissectjax.edit import UnitEdit, fold, transplant
+from dissectjax.models.nnx_bridge import Split, call
 from dissectjax.models.nnx_convnet import ConvNet
-from dissectjax.nnx_tools import Split, call, source
-from dissectjax.surgery import transplant, unit_mask, zero_out
 
 WIDTHS = (16, 32, 64)  # small enough to train in a few CPU minutes
 
@@ -75,8 +76,8 @@ def main():
     p.add_argument("--probe", type=int, default=500)
     p.add_argument("--images", type=int, default=1000, help="held-out scenes for accuracy")
     a = p.parse_args()
-    names = class_names()
-    probe, probe_name = open_dataset(f"synthetic:{a.probe}", lambda x, **_: x, lambda *_: None)
+    names = SCENE_CLASSES
+    probe, probe_name = open_probe(f"synthetic:{a.probe}")
     eval_x, eval_y = scene_images(a.images, "eval")
     config = DissectConfig(batch_size=100)
 
@@ -85,7 +86,7 @@ def main():
         model, split, variables, seconds = train(seed, a.steps)
         trained = split.merge(variables)
         accuracy = np.mean(predict(split, variables, eval_x) == eval_y)
-        result = dissect(source(trained, ["conv1", "conv3"], (64, 64, 3)), probe, config)
+        result = dissect(ModelSource.from_nnx(trained, ["conv1", "conv3"], (64, 64, 3)), probe, config)
         runs[tag] = (trained, split, variables, result)
         c3 = result["conv3"]
         print(f"{tag}: trained {a.steps} steps in {seconds:.0f} s, held-out accuracy {accuracy:.3f}; "
@@ -100,13 +101,13 @@ def main():
         concept = int(np.bincount(labels).argmax())
         units = np.flatnonzero(r.labels.detector & (r.labels.label == concept))
         base = per_class_accuracy(predict(split, variables, eval_x), eval_y, len(names))
-        ablated = zero_out(model, variables, "conv3", unit_mask(model, "conv3", units))
+        ablated = fold(model, variables, UnitEdit.zero("conv3", units, r.units))
         after = per_class_accuracy(predict(split, ablated, eval_x), eval_y, len(names))
         rng = np.random.default_rng(0)
         random_drops = []
         for _ in range(5):
             pick = rng.choice(r.units, len(units), replace=False)
-            rand = zero_out(model, variables, "conv3", unit_mask(model, "conv3", pick))
+            rand = fold(model, variables, UnitEdit.zero("conv3", pick, r.units))
             random_drops.append(base - per_class_accuracy(predict(split, rand, eval_x), eval_y, len(names)))
         random_drop = np.mean(random_drops, axis=0)
         print(f"\nablating A's {len(units)} conv3 units labelled {r.concepts.names[concept]!r} "
@@ -123,7 +124,7 @@ def main():
     ra, rb = result_a["conv1"], result_b["conv1"]
     best = np.argsort(-ra.labels.score)[:4]
     moved = split_b.merge(transplant(model_b, variables_a, variables_b, "conv1", best, best))
-    rm = dissect(source(moved, ["conv1"], (64, 64, 3)), probe, config)["conv1"]
+    rm = dissect(ModelSource.from_nnx(moved, ["conv1"], (64, 64, 3)), probe, config)["conv1"]
     print("\ntransplant of A's conv1 units into B (same slots):")
     print(f"{'unit':>4s}  {'A label (IoU)':24s} {'B before':24s} {'B after':24s}")
     show = lambda res, u: f"{res.concepts.names[res.labels.label[u]]} ({res.labels.score[u]:.3f})"

@@ -19,14 +19,14 @@ import argparse
 import numpy as np
 
 from dissectjax.checkpoint import load_checkpoint
-from dissectjax.cli_surgery import scene_images
 from dissectjax.data import synthetic
 from dissectjax.data.broden import BrodenDataset
+from dissectjax.data.splits import SCENE_SPLITS, scene_images
 from dissectjax.dissect import DissectConfig, dissect
-from dissectjax.matching import layer_correlation, layer_matching, match
-from dissectjax.sources import ModelSource
-from dissectjax.surgery import transplant, wiring
-from dissectjax.train import accuracy
+from dissectjax.dissect.sources import ModelSource
+from dissectjax.edit import layer_correlation, layer_matching, match, transplant
+from dissectjax.evaluate import accuracy
+from dissectjax.models.wiring import unit_wiring
 
 
 def main():
@@ -41,14 +41,14 @@ def main():
     model, va, meta = load_checkpoint(a.a)
     _, vb, _ = load_checkpoint(a.b)
     shape = tuple(meta["input_shape"])
-    probe = BrodenDataset(synthetic.ensure_broden(synthetic.SyntheticConfig(size=a.probe, seed=1)))
+    probe = BrodenDataset(synthetic.ensure_broden(synthetic.SyntheticConfig(size=a.probe, seed=SCENE_SPLITS["probe"])))
     config = DissectConfig(batch_size=100)
 
     def dissected(variables):
         return dissect(ModelSource(model, variables, [a.layer], shape), probe, config)[a.layer]
 
     da, db = dissected(va), dissected(vb)
-    w = wiring(model, a.layer)
+    w = unit_wiring(model, a.layer)
     x, y = scene_images(a.images, "eval")
     corr = layer_correlation(model, va, model, vb, a.layer, x)
     here = match(corr)

@@ -92,11 +92,12 @@ CHECKPOINT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "chec
 def scene_dissection(tmp_path_factory):
     """A dissection of the committed scene classifier (conv4, conv5) on 48 synthetic scenes,
     written by the CLI with its report: (output directory, probe dataset)."""
-    from dissectjax.cli import main, open_dataset
+    from dissectjax.cli import main
+    from dissectjax.data.open import open_probe
 
     out = tmp_path_factory.mktemp("scene") / "out"
     args = ["dissect", "--dataset", "synthetic:48", "--checkpoint", CHECKPOINT, "--layers", "conv4,conv5",
             "--out", str(out), "--batch-size", "16", "--quiet", "--no-resume"]  # fmt: skip
     assert main(args) == 0
-    dataset, _ = open_dataset("synthetic:48", lambda x, **_: x, lambda *_: None)
+    dataset, _ = open_probe("synthetic:48")
     return str(out), dataset

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from conftest import CHECKPOINT
 
-from dissectjax.ablation import balanced_accuracy, confusions, layer_data
+from dissectjax.analysis.ablation import balanced_accuracy, confusions, layer_data
 from dissectjax.app import AppService, create_app, per_class_accuracy, scene_classifier, serve
+from dissectjax.app.server import is_loopback
 from dissectjax.cli import build_parser
-from dissectjax.cli_report import is_loopback
 from dissectjax.report import Dissection
 
 EVAL_IMAGES = 120
@@ -28,7 +28,7 @@ def client(service):
 def library_ablation(classifier, layer, units, mode="zero"):
     """The library's own computation of per-class accuracy before/after (what the app must show)."""
     data = layer_data(classifier.model, classifier.variables, layer, classifier.images, classifier.labels)
-    masks = np.zeros((2, data.acts.shape[-1]), np.float32)
+    masks = np.zeros((2, data.units), np.float32)
     masks[1, units] = 1
     c = confusions(classifier.model, classifier.variables, data, masks, mode)
     return per_class_accuracy(c), balanced_accuracy(c)
@@ -141,7 +141,7 @@ def test_serve_rejects_bad_arguments(scene_dissection, tmp_path, capsys):
 
 
 def test_unit_shows_training_gradients_when_statistics_exist(service, scene_dissection, tmp_path):
-    from dissectjax.specialize import ClassUnitStats
+    from dissectjax.train.class_stats import ClassUnitStats
 
     rng = np.random.default_rng(0)
     stats = ClassUnitStats(rng.integers(1, 50, 12).astype(np.int32), {"conv5": rng.normal(size=(12, 128))},

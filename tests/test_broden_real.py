@@ -10,8 +10,8 @@ import pytest
 from dissectjax.cli import main
 from dissectjax.data.broden import BrodenDataset, BrodenRow, LabelInfo, write_broden
 from dissectjax.dissect import DissectConfig, dissect
+from dissectjax.dissect.sources import ArraySource
 from dissectjax.errors import DissectError
-from dissectjax.sources import ArraySource
 
 CATEGORIES = ("color", "object", "part", "scene")
 LABELS = [

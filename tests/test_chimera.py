@@ -1,24 +1,21 @@
 """The rotation test: Q^a is a rotation path from I to Q; a = 0 is the plain dissection."""
 
-import os
-
 import numpy as np
 import pytest
 
-from dissectjax.checkpoint import load_checkpoint
-from dissectjax.chimera import (
+from dissectjax.analysis.chimera import (
     ProjectedSource,
-    RotatedSource,
     point_name,
     random_directions,
     random_rotation,
+    rotated_source,
     rotation_power,
 )
-from dissectjax.cli import default_checkpoint_dir
+from dissectjax.checkpoint import demo_checkpoint, load_checkpoint
 from dissectjax.data import synthetic
 from dissectjax.data.broden import BrodenDataset
 from dissectjax.dissect import DissectConfig, dissect
-from dissectjax.sources import ArraySource, ModelSource
+from dissectjax.dissect.sources import ArraySource, ModelSource
 
 
 @pytest.mark.parametrize("units", [2, 5, 16, 33])
@@ -42,7 +39,7 @@ def test_alpha_zero_is_the_plain_dissection_and_rotations_differ(broden_dir):
     base = ArraySource(acts, "layer", len(ds))
     config = DissectConfig(0.05, batch_size=8)
     plain = dissect(base, ds, config)["layer"]
-    rotated = dissect(RotatedSource(base, "layer", [0.0, 1.0], [3]), ds, config)
+    rotated = dissect(rotated_source(base, "layer", [0.0, 1.0], [3]), ds, config)
     zero = rotated[point_name("layer", 0.0, 3)]
     np.testing.assert_array_equal(zero.thresholds, plain.thresholds)
     np.testing.assert_array_equal(zero.intersection, plain.intersection)
@@ -51,10 +48,10 @@ def test_alpha_zero_is_the_plain_dissection_and_rotations_differ(broden_dir):
 
 
 def test_rotations_of_a_trained_layer_are_dissected_in_one_run(tmp_path):
-    model, variables, meta = load_checkpoint(os.path.join(default_checkpoint_dir(), "scenenet"))
+    model, variables, meta = load_checkpoint(demo_checkpoint())
     probe = BrodenDataset(synthetic.ensure_broden(synthetic.SyntheticConfig(size=200, seed=1), cache_dir=str(tmp_path)))
     base = ModelSource(model, variables, ["conv5"], tuple(meta["input_shape"]))
-    source = RotatedSource(base, "conv5", [0, 1], [0, 1])
+    source = rotated_source(base, "conv5", [0, 1], [0, 1])
     results = dissect(source, probe, DissectConfig(batch_size=100))
     plain = dissect(base, probe, DissectConfig(batch_size=100))["conv5"]
     np.testing.assert_array_equal(results[point_name("conv5", 0, 1)].intersection, plain.intersection)
@@ -80,7 +77,7 @@ def test_random_directions_are_unit_norm_projections(broden_dir):
 
 
 def test_learned_combinations_recover_planted_directions():
-    from dissectjax.multiunit import fit_concepts, top_k_views
+    from dissectjax.analysis.multiunit import fit_concepts, top_k_views
 
     rng = np.random.default_rng(0)
     x = rng.gamma(2.0, size=(4000, 12)).astype(np.float32) * np.linspace(0.5, 3, 12, dtype=np.float32)
@@ -105,7 +102,7 @@ def test_rotated_dissection_equals_dissecting_numpy_rotated_activations(broden_d
     rotated = np.einsum("nuhw,vu->nvhw", acts.astype(np.float64), q).astype(np.float32)  # Q^a x at each position
     config = DissectConfig(0.05, batch_size=8)
     numpy_side = dissect(ArraySource(rotated, "layer", len(ds)), ds, config)["layer"]
-    ours = dissect(RotatedSource(ArraySource(acts, "layer", len(ds)), "layer", [0.6], [5]), ds, config)
+    ours = dissect(rotated_source(ArraySource(acts, "layer", len(ds)), "layer", [0.6], [5]), ds, config)
     ours = ours[point_name("layer", 0.6, 5)]
     np.testing.assert_allclose(ours.thresholds, numpy_side.thresholds, rtol=1e-5)
     # counts agree up to pixels within float32 rounding of a threshold

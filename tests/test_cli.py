@@ -54,7 +54,7 @@ def test_outputs_follow_the_contract(tmp_path, broden_dir):
         ("nan", "NaN/Inf"),
         ("unknown-model", "unknown model 'nosuchnet'; available models:"),
         ("unknown-layer", "unknown layer 'conv9'"),
-        ("bad-quantile", "--quantile must be between 0 and 1"),
+        ("bad-quantile", "quantile must be between 0 and 1"),
         ("bad-synthetic", "expected 'synthetic', 'synthetic:N' or 'synthetic:N:SEED'"),
         ("no-layers", "names no layer"),
     ],

@@ -9,7 +9,7 @@ from dissectjax.cli import main
 from dissectjax.data import synthetic
 from dissectjax.data.broden import BrodenDataset
 from dissectjax.dissect import DissectConfig, dissect
-from dissectjax.sources import ModelSource
+from dissectjax.dissect.sources import ModelSource
 
 CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "scenenet")
 IMAGES = 40

@@ -8,7 +8,7 @@ import pytest
 from dissectjax.cli import main
 from dissectjax.data.digits import sklearn_digits, tfds_mnist
 from dissectjax.errors import DissectError
-from dissectjax.specialize import ClassUnitStats
+from dissectjax.train import ClassUnitStats
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,7 @@ def test_reloading_checkpoint_and_stats(trained, tmp_path):
         (["--data", "cifar"], "unknown --data 'cifar'"),
         (["--layers", "fc9", "--train-size", "64", "--epochs", "1"], "unknown layers ['fc9']"),
         (["--train-size", "10"], "fewer than one batch"),
+        (["--epochs", "0", "--train-size", "64"], "epochs must be a positive integer"),
         (["--crossed", "0.9"], "--crossed must be in [0, 0.8]"),
     ],
 )

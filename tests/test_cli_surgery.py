@@ -2,15 +2,14 @@
 
 import csv
 import json
-import os
 
 import pytest
 
-from dissectjax.checkpoint import init_variables, save_checkpoint
-from dissectjax.cli import default_checkpoint_dir, main
+from dissectjax.checkpoint import demo_checkpoint, init_variables, save_checkpoint
+from dissectjax.cli import main
 from dissectjax.models import build_model
 
-CHECKPOINT = os.path.join(default_checkpoint_dir(), "scenenet")
+CHECKPOINT = demo_checkpoint()
 
 
 def test_ablate_units_writes_per_class_results(tmp_path, capsys):
@@ -53,12 +52,14 @@ def narrow(tmp_path_factory):
 @pytest.mark.parametrize(
     "argv, expect",
     [
-        (["ablate", "--layer", "conv9", "--units", "1"], "unknown layer 'conv9' for surgery on SceneNet"),
+        (["ablate", "--layer", "conv9", "--units", "1"], "unknown layer 'conv9' for ablation in SceneNet"),
         (["ablate", "--layer", "conv5", "--units", "128"], "unit 128 is out of range for layer conv5"),
         (["ablate", "--layer", "conv5", "--top-for-class", "beach"], "unknown class 'beach'"),
         (["ablate", "--layer", "conv5"], "name the units"),
         (["ablate", "--layer", "conv5", "--top-for-class", "playroom", "--count", "-3"], "--count must be between 1"),
         (["transplant", "--target", CHECKPOINT, "--layer", "conv3", "--units", "999", "--matched"], "unit 999 is out"),
+        (["transplant", "--target", CHECKPOINT, "--layer", "conv9", "--units", "1", "--slots", "1"],
+         "unknown layer 'conv9' for surgery on SceneNet"),
         (["transplant", "--target", "NARROW", "--layer", "conv5", "--units", "1", "--slots", "1"],
          "are different architectures"),
     ],

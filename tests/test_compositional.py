@@ -4,7 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dissectjax.compositional import (
+from dissectjax.analysis.compositional import (
     OPS,
     Masks,
     _beam_counts,
@@ -17,7 +17,7 @@ from dissectjax.compositional import (
 )
 from dissectjax.data import synthetic
 from dissectjax.data.broden import BrodenDataset
-from dissectjax.sources import ArraySource
+from dissectjax.dissect.sources import ArraySource
 
 
 def _numpy_formula(concepts: np.ndarray, terms, ops) -> np.ndarray:

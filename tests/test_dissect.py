@@ -9,8 +9,8 @@ from reference_impl import iou as reference_iou
 
 from dissectjax.data.broden import BrodenDataset
 from dissectjax.dissect import DissectConfig, dissect
+from dissectjax.dissect.sources import ArraySource
 from dissectjax.errors import DissectError
-from dissectjax.sources import ArraySource
 
 
 def random_acts(n, seed=0, units=7, hw=(5, 6)):

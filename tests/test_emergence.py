@@ -1,17 +1,14 @@
 """Emergence: the committed scene classifier has more detectors than its random-init twin."""
 
-import os
-
 import pytest
 
-from dissectjax.checkpoint import init_variables, load_checkpoint
-from dissectjax.cli import default_checkpoint_dir
+from dissectjax.checkpoint import demo_checkpoint, init_variables, load_checkpoint
 from dissectjax.data import synthetic
 from dissectjax.data.broden import BrodenDataset
 from dissectjax.dissect import DissectConfig, dissect
-from dissectjax.sources import ModelSource
+from dissectjax.dissect.sources import ModelSource
 
-CHECKPOINT = os.path.join(default_checkpoint_dir(), "scenenet")
+CHECKPOINT = demo_checkpoint()
 LAYERS = ["conv4", "conv5"]
 
 

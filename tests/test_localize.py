@@ -7,26 +7,21 @@ import numpy as np
 import optax
 import pytest
 
-from dissectjax.data import synthetic
-from dissectjax.errors import DissectError
-from dissectjax.localize import (
-    ConceptWhitening,
-    LossTerm,
+from dissectjax.analysis.localize import (
     Recipe,
     alignment_loss,
-    cayley,
     class_selectivity_loss,
     concept_supervision_loss,
-    fold_whitening,
     l1_activity,
-    total_loss,
-    whitening_matrix,
 )
-from dissectjax.localize.recipe import concept_numbers
-from dissectjax.localize.whitening import WHITENED
-from dissectjax.models.scenenet import SceneNet
-from dissectjax.surgery import transplant, wiring, zero_out
-from dissectjax.train import cross_entropy, make_train_step
+from dissectjax.analysis.localize.recipe import concept_numbers
+from dissectjax.data import synthetic
+from dissectjax.edit import UnitEdit, fold, transplant
+from dissectjax.errors import DissectError
+from dissectjax.models.scenenet import SceneNet, fold_whitening
+from dissectjax.models.whitening import WHITENED, ConceptWhitening, cayley, whitening_matrix
+from dissectjax.models.wiring import unit_wiring
+from dissectjax.train import LossTerm, TrainState, cross_entropy, make_train_step, mirror, total_loss
 
 
 def test_cayley_is_orthogonal_and_the_identity_at_zero():
@@ -162,13 +157,14 @@ def test_zero_strength_regularizers_leave_training_bit_identical():
                 LossTerm("selectivity", strength, selectivity)]  # fmt: skip
 
     def run(step):
-        params, stats, state = variables["params"], variables["batch_stats"], opt.init(variables["params"])
+        state = TrainState(variables["params"], variables["batch_stats"], opt.init(variables["params"]))
         for i in range(3):
-            params, stats, state, *_ = step(params, stats, state, batch, jax.random.key(i))
-        return params
+            state, *_ = step(state, batch, jax.random.key(i))
+        return state.params
 
     @jax.jit
-    def plain(params, stats, state, batch, key):
+    def plain(train_state, batch, key):
+        params, stats, state = train_state.params, train_state.batch_stats, train_state.opt_state
         flip = jax.random.bernoulli(key, 0.5, (8, 1, 1, 1))
         images = jnp.where(flip, batch["images"][:, :, ::-1], batch["images"])
 
@@ -178,11 +174,11 @@ def test_zero_strength_regularizers_leave_training_bit_identical():
 
         (_, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         updates, state = opt.update(grads, state, params)
-        return optax.apply_updates(params, updates), new_stats, state
+        return (TrainState(optax.apply_updates(params, updates), new_stats, state),)
 
     baseline = run(plain)
-    zero = run(make_train_step(model, opt, terms(0.0)))
-    strong = run(make_train_step(model, opt, terms(0.5)))
+    zero = run(make_train_step(model, opt, terms(0.0), augment=mirror))
+    strong = run(make_train_step(model, opt, terms(0.5), augment=mirror))
     assert jax.tree.all(jax.tree.map(np.array_equal, baseline, zero))
     assert not jax.tree.all(jax.tree.map(np.array_equal, baseline, strong))
 
@@ -196,11 +192,13 @@ def test_train_step_mirrors_masks_with_their_images():
     mismatch = lambda inter, b: jnp.mean(jnp.abs((b["images"][..., :1] > 128).astype(jnp.float32) - b["masks"]))
     variables = model.init(jax.random.key(0), batch["images"])
     opt = optax.sgd(0.0)
-    step = make_train_step(model, opt, [LossTerm("mismatch", 1e-3, mismatch)])
+    step = make_train_step(model, opt, [LossTerm("mismatch", 1e-3, mismatch)], augment=mirror)
     unflipped = jnp.mean(jnp.abs((jnp.asarray(images)[:, :, ::-1, :1] > 128).astype(jnp.float32) - masks))
     assert unflipped > 0.1  # flipping only the images would show
-    *_, values = step(variables["params"], variables["batch_stats"], opt.init(variables["params"]), batch,
-                      jax.random.key(1))  # fmt: skip
+    state = TrainState(variables["params"], variables["batch_stats"], opt.init(variables["params"]))
+    flipped = mirror(batch, jax.random.key(1))["images"]
+    assert np.any(flipped != batch["images"])  # this key mirrors some images: the test is not empty
+    *_, values = step(state, batch, jax.random.key(1))
     assert float(values["mismatch"]) == 0.0
 
 
@@ -235,8 +233,8 @@ def test_folded_whitening_computes_the_same_function(batch_norm):
 def test_surgery_on_whitened_axes_goes_through_folding():
     model, variables, x = random_whitened_scenenet()
     with pytest.raises(DissectError, match="fold_whitening"):
-        wiring(model, "conv5")
-    assert wiring(model, "conv4").next == "conv5"  # the layer below stays editable (its filters, and ablation)
+        unit_wiring(model, "conv5")
+    assert unit_wiring(model, "conv4").next == "conv5"  # the layer below stays editable (its filters, and ablation)
     with pytest.raises(DissectError, match="fold_whitening"):  # but conv5's output channels are not units
         transplant(model, variables, variables, "conv4", [0], [1], outgoing=True, output_matching=np.arange(12))
     plain, folded = fold_whitening(model, variables)
@@ -251,7 +249,9 @@ def test_surgery_on_whitened_axes_goes_through_folding():
     axes = donor_sown["intermediates"]["conv5"]
     slots = moved_sown["intermediates"]["conv5"]
     np.testing.assert_allclose(slots[..., [7, 3]], axes[..., [0, 1]], atol=1e-5)
-    ablated = zero_out(plain, folded, "conv5", np.eye(12, dtype=np.float32)[2])
+    with pytest.raises(DissectError, match="fold_whitening"):  # the whitened layer's axes are no units to fold
+        fold(model, variables, UnitEdit.zero("conv5", [2], 12))
+    ablated = fold(plain, folded, UnitEdit.zero("conv5", [2], 12))
     np.testing.assert_array_equal(ablated["params"]["classifier"]["kernel"][2], 0.0)
 
 

@@ -70,10 +70,14 @@ def test_capture_reads_any_submodule():
     variables = model.init(jax.random.PRNGKey(0), x)
     assert {"stem", "block", "block/inner"} <= set(layer_shapes(model, variables, x))
     fn = jax.jit(activation_fn(model, variables, ["stem", "block/inner", "Dense_0"], x))
-    out = fn(x)
+    out = fn(variables, x)
     expected = nn.Conv(4, (3, 3)).apply({"params": variables["params"]["stem"]}, x.astype(jnp.float32))
     np.testing.assert_allclose(out["stem"], expected, rtol=1e-6)
     assert out["block/inner"].shape == (2, 4, 4, 5) and out["Dense_0"].shape == (2, 1, 1, 3)
+    # the variables are an argument: other variables of the architecture, the same function
+    other = model.init(jax.random.PRNGKey(1), x)
+    expected = nn.Conv(4, (3, 3)).apply({"params": other["params"]["stem"]}, x.astype(jnp.float32))
+    np.testing.assert_allclose(fn(other, x)["stem"], expected, rtol=1e-6)
 
 
 def test_checkpoint_round_trip_and_other_device_count(tmp_path):

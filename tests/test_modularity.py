@@ -6,14 +6,15 @@ import json
 import numpy as np
 import pytest
 
+from dissectjax.analysis.localize.recipe import concept_numbers
 from dissectjax.checkpoint import load_checkpoint, read_config
-from dissectjax.cli import main, open_dataset
+from dissectjax.cli import main
 from dissectjax.data import synthetic
+from dissectjax.data.open import open_probe
 from dissectjax.dissect import DissectConfig, dissect
-from dissectjax.localize.fold import fold_whitening
-from dissectjax.localize.recipe import concept_numbers
-from dissectjax.sources import ModelSource
-from dissectjax.train import predict
+from dissectjax.dissect.sources import ModelSource
+from dissectjax.evaluate import predict
+from dissectjax.models.scenenet import fold_whitening
 
 TARGETS = ["star", "crown"]
 PROBE, HELD, HELD_SEED = "synthetic:200", 60, 201
@@ -61,7 +62,7 @@ def test_modularity_numbers_are_the_librarys(compared):
         and len(meta["targets"]) == len(targets)
         and meta["recipes"]["whitened"]["align"] == 1.0
     )
-    probe, _ = open_dataset(PROBE, lambda x, **_: x, lambda *_: None)
+    probe, _ = open_probe(PROBE)
     numbers = concept_numbers(TARGETS)
     index = [int(np.flatnonzero(probe.concepts.numbers == n)[0]) for n in numbers]
     images, labels, masks = synthetic.generate_with_masks(synthetic.SyntheticConfig(size=HELD, seed=HELD_SEED), numbers)
@@ -117,12 +118,11 @@ def test_modularity_needs_a_variant(compared, capsys):
 
 
 def test_rotation_control_and_transplant_rows_are_the_librarys(compared):
-    from dissectjax.chimera import ProjectedSource, random_rotation
-    from dissectjax.matching import layer_matching
-    from dissectjax.surgery import transplant
+    from dissectjax.analysis.chimera import ProjectedSource, random_rotation
+    from dissectjax.edit import layer_matching, transplant
 
     root, _, targets, transplants, meta = compared
-    probe, _ = open_dataset(PROBE, lambda x, **_: x, lambda *_: None)
+    probe, _ = open_probe(PROBE)
     index = [int(np.flatnonzero(np.asarray(probe.concepts.names) == t)[0]) for t in TARGETS]
     images, _, _ = synthetic.generate_with_masks(synthetic.SyntheticConfig(size=HELD, seed=HELD_SEED),
                                                  concept_numbers(TARGETS))  # fmt: skip

@@ -9,8 +9,8 @@ import pytest
 from dissectjax.data import synthetic
 from dissectjax.data.broden import BrodenDataset
 from dissectjax.dissect import DissectConfig, dissect
+from dissectjax.dissect.sources import ModelSource
 from dissectjax.models.common import sow_layer
-from dissectjax.sources import ModelSource
 
 RED = np.array(synthetic.COLORS["red"], np.float32) / 255.0
 

@@ -28,14 +28,14 @@ def test_top_masks_are_the_dissections_masks(dissection, scene_dissection):
     model, variables, _ = load_checkpoint(CHECKPOINT)
     layer = "conv5"
     r = dissection.layer(layer)
-    forward = activation_fn(model, variables, [layer], jnp.zeros((1, 64, 64, 3), jnp.uint8))
+    forward = activation_fn(model, variables, [layer], jnp.zeros((1, 64, 64, 3), jnp.uint8), jit=True)
     checked = 0
     for unit in (0, int(np.argmax(r.labels.score)), r.units - 1):
         images, masks = dissection.top_masks(layer, unit)
         rows = r.top_images[unit]
         assert len(images) == len(masks) == np.sum(rows >= 0) == 8
         for image, mask, row in zip(images, masks, rows):
-            acts = forward(jnp.asarray(dataset.load_image(int(row))[None]))[layer]  # [1, h, w, U]
+            acts = forward(variables, jnp.asarray(dataset.load_image(int(row))[None]))[layer]  # [1, h, w, U]
             expected = np.asarray(upsample(acts, dataset.label_size(int(row))))[0, ..., unit] > r.thresholds[unit]
             np.testing.assert_array_equal(mask, expected)
             assert image.shape == (*dataset.image_size(int(row)), 3)

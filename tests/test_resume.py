@@ -12,7 +12,7 @@ from conftest import random_broden
 from dissectjax.cli import main
 from dissectjax.data.broden import BrodenDataset
 from dissectjax.dissect import DissectConfig, ResumeFile, dissect
-from dissectjax.sources import ArraySource
+from dissectjax.dissect.sources import ArraySource
 
 FIELDS = ("thresholds", "intersection", "unit_area", "concept_area", "top_images", "top_activations", "top_maps")
 
@@ -78,6 +78,7 @@ def test_sigkill_then_same_command_gives_identical_outputs(tmp_path, workload):
     killer = textwrap.dedent(f"""
         import os, signal, sys
         from dissectjax import cli
+        from dissectjax.cli import dissect as cli_dissect
         seen = [0]
         def progress(enabled):
             def wrap(iterable, **_):
@@ -87,7 +88,7 @@ def test_sigkill_then_same_command_gives_identical_outputs(tmp_path, workload):
                     seen[0] += 1
                     yield item
             return wrap
-        cli._progress = progress
+        cli_dissect.progress_bars = progress
         sys.exit(cli.main({argv!r}))
     """)
     p = subprocess.run([sys.executable, "-c", killer], capture_output=True, text=True, timeout=300)

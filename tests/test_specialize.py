@@ -6,22 +6,19 @@ import numpy as np
 import optax
 import pytest
 
-from dissectjax.data.digits import DEFAULT_STYLES, StyledDigitsConfig, styled_digits, with_rates
-from dissectjax.models import build_model
-from dissectjax.models.common import INTERMEDIATES, PERTURBATIONS
-from dissectjax.specialize import (
-    ClassUnitStats,
-    ablation_edits,
+from dissectjax.analysis.specialize import (
     accuracy_by_group,
     anomalies,
-    layer_units,
-    loss_grads_and_stats,
-    make_train_step,
     top_inputs,
     unit_activations,
     weighted_mean_inputs,
-    zero_stats,
 )
+from dissectjax.data.digits import DEFAULT_STYLES, StyledDigitsConfig, styled_digits, with_rates
+from dissectjax.edit import UnitEdit
+from dissectjax.models import build_model
+from dissectjax.models.common import INTERMEDIATES, PERTURBATIONS
+from dissectjax.train import ClassUnitStats, StatsSpec, init_state, make_train_step
+from dissectjax.train.class_stats import sown_layer_shapes
 
 LAYERS = ("conv1", "conv2", "fc1")
 
@@ -34,15 +31,14 @@ def lenet():
     return model, params, images, labels, tags
 
 
-def test_class_gradient_statistics_equal_per_example_gradients(lenet):
-    model, params, images, labels, _ = lenet
-    x = jnp.asarray(images[:12], jnp.float32) / 255.0
-    y = jnp.asarray(labels[:12])
-    _, _, stats = loss_grads_and_stats(model, params, x, y, LAYERS, 10)
-    shapes = layer_units(model, params, LAYERS, x.shape[1:])
-    expected = {k: np.zeros((10, s[-1])) for k, s in shapes.items()}
-    acts_expected = {k: np.zeros((10, s[-1])) for k, s in shapes.items()}
-    for i in range(len(x)):  # one example at a time: jax.grad of its own loss
+def brute_force_stats(model, params, x, y, layers):
+    """Per-class sums one example at a time: jax.grad of the example's own loss with respect
+    to each layer's activation (summed over positions), its mean and mean rectified activation."""
+    shapes = sown_layer_shapes(model, {"params": params}, layers, x.shape[1:])
+    grad = {k: np.zeros((10, s[-1])) for k, s in shapes.items()}
+    act = {k: np.zeros((10, s[-1])) for k, s in shapes.items()}
+    relu = {k: np.zeros((10, s[-1])) for k, s in shapes.items()}
+    for i in range(len(x)):
         zeros = {k: jnp.zeros((1, *s)) for k, s in shapes.items()}
 
         def loss(d, i=i):
@@ -51,29 +47,60 @@ def test_class_gradient_statistics_equal_per_example_gradients(lenet):
 
         g = jax.grad(loss)(zeros)
         _, state = model.apply({"params": params}, x[i : i + 1], mutable=[INTERMEDIATES])
-        for k in LAYERS:
+        for k in layers:
             axes = tuple(range(1, g[k].ndim - 1))
-            expected[k][int(y[i])] += np.asarray(g[k]).sum(axis=axes)[0] if axes else np.asarray(g[k])[0]
+            grad[k][int(y[i])] += np.asarray(g[k]).sum(axis=axes)[0] if axes else np.asarray(g[k])[0]
             a = np.asarray(state[INTERMEDIATES][k], np.float64)
-            acts_expected[k][int(y[i])] += a.mean(axis=axes)[0] if axes else a[0]
+            act[k][int(y[i])] += a.mean(axis=axes)[0] if axes else a[0]
+            r = np.maximum(a, 0)
+            relu[k][int(y[i])] += r.mean(axis=axes)[0] if axes else r[0]
+    return grad, act, relu
+
+
+def test_class_gradient_statistics_equal_per_example_gradients(lenet):
+    """The statistics a train step gathers (an auxiliary output of its backward pass) are the
+    per-class sums of each example's own activation gradients, computed one at a time."""
+    model, params, images, labels, _ = lenet
+    x = jnp.asarray(images[:12], jnp.float32) / 255.0
+    y = jnp.asarray(labels[:12])
+    opt = optax.adam(1e-3)
+    spec = StatsSpec(LAYERS, 10)
+    state = init_state(model, {"params": params}, opt, spec, x.shape[1:])
+    assert all(float(np.abs(np.asarray(v)).max()) == 0 for v in jax.tree.leaves(state.class_stats))  # starts at zero
+    after, _, _ = make_train_step(model, opt, stats=spec)(state, {"images": x, "labels": y}, jax.random.key(0))
+    stats = after.class_stats
+    grad, act, relu = brute_force_stats(model, params, x, y, LAYERS)  # at the parameters before the step
     for k in LAYERS:
-        np.testing.assert_allclose(np.asarray(stats.grad[k]), expected[k], rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(np.asarray(stats.act[k]), acts_expected[k], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(stats.grad[k]), grad[k], rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(stats.act[k]), act[k], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(stats.relu[k]), relu[k], rtol=1e-5, atol=1e-5)
     np.testing.assert_array_equal(np.asarray(stats.count), np.bincount(np.asarray(y), minlength=10))
 
 
 def test_train_step_accumulates_and_plain_step_matches(lenet):
-    """The statistics ride along: parameters after a step are the same with or without them."""
+    """The statistics ride along: parameters after a step are the same with or without them,
+    and each step adds its batch's sums to the state's."""
     model, params, images, labels, _ = lenet
     x, y = jnp.asarray(images[:16]), jnp.asarray(labels[:16])
+    batch, key = {"images": x, "labels": y}, jax.random.key(0)
     opt = optax.adam(1e-3)
-    stats = zero_stats(layer_units(model, params, LAYERS, x.shape[1:]), 10)
-    p1, _, s1, l1 = make_train_step(model, opt, LAYERS, 10)(params, opt.init(params), stats, x, y)
-    p0, _, s0, l0 = make_train_step(model, opt, (), 10)(params, opt.init(params), stats, x, y)
-    for a, b in zip(jax.tree.leaves(p1), jax.tree.leaves(p0)):
+    spec = StatsSpec(LAYERS, 10)
+    with_stats = init_state(model, {"params": params}, opt, spec, x.shape[1:])
+    plain = init_state(model, {"params": params}, opt)
+    s1, l1, _ = make_train_step(model, opt, stats=spec)(with_stats, batch, key)
+    s0, l0, _ = make_train_step(model, opt)(plain, batch, key)
+    for a, b in zip(jax.tree.leaves(s1.params), jax.tree.leaves(s0.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-6, atol=1e-7)
-    assert int(np.asarray(s1.count).sum()) == 16 and int(np.asarray(s0.count).sum()) == 0
+    assert int(np.asarray(s1.class_stats.count).sum()) == 16 and s0.class_stats is None
     assert float(l1) == pytest.approx(float(l0), rel=1e-6)
+    # a second step adds the sums found at the updated parameters
+    s2, _, _ = make_train_step(model, opt, stats=spec)(s1, batch, key)
+    grad, act, _ = brute_force_stats(model, s1.params, x, y, ("fc1",))
+    np.testing.assert_array_equal(np.asarray(s2.class_stats.count), 2 * np.bincount(np.asarray(y), minlength=10))
+    np.testing.assert_allclose(np.asarray(s2.class_stats.grad["fc1"]) - np.asarray(s1.class_stats.grad["fc1"]),
+                               grad["fc1"], rtol=1e-4, atol=1e-6)  # fmt: skip
+    np.testing.assert_allclose(np.asarray(s2.class_stats.act["fc1"]) - np.asarray(s1.class_stats.act["fc1"]),
+                               act["fc1"], rtol=1e-4, atol=1e-5)  # fmt: skip
 
 
 def test_weighted_mean_inputs_equal_numpy(lenet):
@@ -92,7 +119,7 @@ def test_weighted_mean_inputs_equal_numpy(lenet):
 
 def test_ablation_edit_zeroes_the_unit_and_changes_only_through_it(lenet):
     model, params, images, labels, tags = lenet
-    acts, logits = unit_activations(model, params, images, "fc1", ablation_edits("fc1", [3, 7], 120))
+    acts, logits = unit_activations(model, params, images, "fc1", UnitEdit.zero("fc1", [3, 7], 120))
     assert np.all(acts[:, [3, 7]] == 0) and np.any(acts[:, 0] != 0)
     _, base = unit_activations(model, params, images, "fc1")
     assert np.abs(logits - base).max() > 0

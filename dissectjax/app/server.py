@@ -16,6 +16,7 @@ Bad input gets a 4xx with ``{"error": message}``, never a stack trace. The serve
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 from flask import Flask, jsonify, request
@@ -24,8 +25,23 @@ from werkzeug.exceptions import HTTPException
 from dissectjax.app.service import AppService
 from dissectjax.errors import DissectError
 
+LOOPBACK = "127.0.0.1"
 MAX_REQUEST_BYTES = 64 * 1024
 PAGE = os.path.join(os.path.dirname(__file__), "page.html")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address) is this machine only.
+
+    >>> is_loopback("localhost"), is_loopback("127.0.0.2"), is_loopback("0.0.0.0")
+    (True, True, False)
+    """
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 class BadRequest(DissectError):

@@ -4,7 +4,7 @@
         -> views (concept query, unit, layer comparison)      from the saved counts
         -> ablate(layer, units) -> per-class accuracy table   computed now, by the model
 
-Ablation reuses :mod:`dissectjax.ablation` (the layer's activations are computed once per
+Ablation reuses :mod:`dissectjax.analysis.ablation` (the layer's activations are computed once per
 layer; each request reruns only the layers above it).
 """
 
@@ -16,7 +16,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dissectjax.ablation import LayerData, balanced_accuracy, confusions, layer_data
+from dissectjax.analysis.ablation import LayerData, balanced_accuracy, confusions, layer_data
 from dissectjax.errors import DissectError
 from dissectjax.report import AblationView, ConceptQuery, Dissection, LayerComparison, UnitView
 
@@ -44,12 +44,10 @@ class Classifier:
 def scene_classifier(checkpoint: str, images: int) -> Classifier:
     """A scene classifier checkpoint, measured on the held-out ``eval`` split of synthetic scenes."""
     from dissectjax.checkpoint import load_checkpoint
-    from dissectjax.cli_surgery import class_names, scene_images
-    from dissectjax.localize.fold import fold_whitening
+    from dissectjax.data.splits import SCENE_CLASSES, scene_images
 
-    model, variables, config = load_checkpoint(checkpoint)
-    model, variables = fold_whitening(model, variables)  # surgery edits whitened axes as plain units
-    classes = class_names()
+    model, variables, config = load_checkpoint(checkpoint, fold=True)  # whitened axes edit as plain units
+    classes = SCENE_CLASSES
     if getattr(model, "num_classes", None) != len(classes):
         raise DissectError(
             f"the checkpoint's model has {getattr(model, 'num_classes', '?')} outputs, but live ablation measures "
@@ -127,12 +125,13 @@ class AppService:
         """Why ``layer`` cannot be ablated live, or None if it can."""
         if self.classifier is None:
             return "no model is loaded: start the app with --checkpoint to ablate"
-        from dissectjax.surgery import wiring
+        from dissectjax.models.layers import sown_layer_names
 
-        try:
-            wiring(self.classifier.model, layer)
-        except (DissectError, ValueError, KeyError) as e:
-            return f"layer {layer!r} cannot be ablated in this model: {e}"
+        c = self.classifier
+        sown = sown_layer_names(c.model, c.variables, c.images[:1])
+        if layer not in sown:
+            return (f"layer {layer!r} cannot be ablated live in {type(c.model).__name__}: units are edited where a "
+                    f"layer is sown, and it sows {', '.join(sown)}")  # fmt: skip
         return None
 
     def _data(self, layer: str) -> LayerData:
@@ -163,3 +162,30 @@ class AppService:
             confusion = confusions(self.classifier.model, self.classifier.variables, data, masks, mode)
         return AblationView(layer, units, self.classifier.classes, per_class_accuracy(confusion),
                             balanced_accuracy(confusion), len(data.labels))  # fmt: skip
+
+
+def open_service(directory: str, checkpoint: str | None = None, stats: str | None = None, images: int = 1000,
+                 with_model: bool = True) -> AppService:  # fmt: skip
+    """The app's service for a dissection ``directory``: its checkpoint (default: the one the
+    dissection recorded) loaded for live ablation on ``images`` held-out scenes, and per-class
+    unit statistics from ``dissectjax specialize`` if given."""
+    import os
+
+    from dissectjax.report import Dissection
+    from dissectjax.train.class_stats import ClassUnitStats
+
+    dissection = Dissection.load(directory)
+    checkpoint = checkpoint or dissection.summary.get("checkpoint")
+    classifier = None
+    if checkpoint and with_model:
+        if not os.path.isdir(checkpoint):
+            raise DissectError(
+                f"checkpoint {checkpoint} does not exist; give another checkpoint, or serve without a model"
+            )
+        classifier = scene_classifier(checkpoint, images)
+    loaded = None
+    if stats:
+        if not os.path.isfile(stats):
+            raise DissectError(f"statistics file {stats} does not exist (write it with `dissectjax specialize`)")
+        loaded = ClassUnitStats.load(stats)
+    return AppService(dissection, classifier, loaded)

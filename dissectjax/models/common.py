@@ -4,8 +4,9 @@
 honours two optional variable collections passed to ``model.apply`` (absent by default,
 never created by ``init``, so checkpoints and normal calls are unchanged):
 
-* ``unit_edits``: ``{layer: {"keep": [U], "fill": [U]}}`` replaces the activation x by
-  ``x * keep + fill`` per unit (``keep = 0, fill = 0`` ablates a unit to zero);
+* ``unit_edits``: ``{layer: {"mask": [U], "value": [U]}}`` replaces unit u's activation
+  by ``value[u]`` wherever ``mask[u] > 0`` (:func:`edit_units`; built by
+  :class:`dissectjax.edit.UnitEdit`, the one way the package edits units);
 * ``perturbations``: ``{layer: zeros like x}`` added through linen's ``perturb``, so that
   the gradient of a loss with respect to it is the gradient with respect to the activation.
 """
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
 INTERMEDIATES = "intermediates"
 UNIT_EDITS = "unit_edits"
@@ -24,11 +26,21 @@ def _replace(_previous, new):
     return new
 
 
+def edit_units(x: jax.Array, mask: jax.Array, value: jax.Array) -> jax.Array:
+    """[..., U] activations with unit u replaced by ``value[u]`` where ``mask[u] > 0``.
+
+    >>> import jax.numpy as jnp
+    >>> edit_units(jnp.array([[1.0, 2.0, 3.0]]), jnp.array([0.0, 1.0, 0.0]), jnp.array([0.0, -5.0, 0.0]))
+    Array([[ 1., -5.,  3.]], dtype=float32)
+    """
+    return jnp.where(mask > 0, value.astype(x.dtype), x)
+
+
 def sow_layer(module: nn.Module, name: str, value: jax.Array) -> jax.Array:
     """Applies any unit edit and perturbation of ``name``, sows the result (the bare array), returns it."""
     if module.has_variable(UNIT_EDITS, name):
         edit = module.get_variable(UNIT_EDITS, name)
-        value = value * edit["keep"].astype(value.dtype) + edit["fill"].astype(value.dtype)
+        value = edit_units(value, edit["mask"], edit["value"])
     if module.has_variable(PERTURBATIONS, name):
         value = module.perturb(name, value, collection=PERTURBATIONS)
     module.sow(INTERMEDIATES, name, value, reduce_fn=_replace, init_fn=lambda: None)

@@ -7,6 +7,8 @@ path joined with ``/`` (``Backbone_0/Conv_3``) and captured with ``capture_inter
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable, Sequence
 
 import flax.linen as nn
@@ -34,6 +36,12 @@ def _apply(model: nn.Module, variables, images, capture):
     return model.apply(variables, images, train=False, mutable=[INTERMEDIATES], capture_intermediates=capture)
 
 
+def sown_layer_names(model: nn.Module, variables, images) -> tuple[str, ...]:
+    """The layers ``model`` sows (where unit edits apply), for a batch like ``images``."""
+    sown = jax.eval_shape(lambda x: _apply(model, variables, x, False), images)[1].get(INTERMEDIATES, {})
+    return tuple(_named_outputs(sown))
+
+
 def layer_shapes(model: nn.Module, variables, images) -> dict[str, tuple[int, ...]]:
     """Every dissectable layer name -> activation shape for a batch like ``images``.
 
@@ -58,13 +66,49 @@ def _not_sown(sown: dict) -> Callable[[nn.Module, str], bool]:
     return keep
 
 
-def activation_fn(
-    model: nn.Module, variables, layers: Sequence[str], example_images
-) -> Callable[[jax.Array], dict[str, jax.Array]]:
-    """A pure function ``images -> {layer: [B, h, w, U]}`` for the named layers.
+@dataclasses.dataclass(frozen=True)
+class LayerForward:
+    """A pure ``(variables, images) -> {layer: [B, h, w, U]}`` of one architecture's layers.
 
-    Validates the names against the model (an unknown name is a :class:`DissectError`
-    listing the available ones). Dense layers [B, U] come back as [B, 1, 1, U].
+    Hashable and compared by value (model, layers, captured submodules), so compiled
+    versions are shared by every checkpoint of the architecture. Dense layers [B, U] come
+    back as [B, 1, 1, U]; ``captured`` names layers read from submodule outputs.
+    """
+
+    model: nn.Module
+    layers: tuple[str, ...]
+    captured: frozenset[str] = frozenset()
+
+    def __call__(self, variables, images: jax.Array) -> dict[str, jax.Array]:
+        capture = False
+        if self.captured:
+
+            def capture(module: nn.Module, method: str) -> bool:
+                return method == CALL and "/".join(module.path) in self.captured
+
+        _, state = _apply(self.model, variables, images, capture)
+        found = _named_outputs(state.get(INTERMEDIATES, {}))
+        return {name: found[name][:, None, None, :] if found[name].ndim == 2 else found[name] for name in self.layers}
+
+
+@functools.lru_cache(maxsize=64)
+def compiled(forward: Callable) -> Callable:
+    """``jax.jit(forward)``, one per distinct (hashable) forward function: every checkpoint of
+    an architecture goes through one compiled program per shape."""
+    return jax.jit(forward)
+
+
+def activation_fn(
+    model: nn.Module, variables, layers: Sequence[str], example_images, jit: bool = False
+) -> Callable[[object, jax.Array], dict[str, jax.Array]]:
+    """A pure function ``(variables, images) -> {layer: [B, h, w, U]}`` that includes the named layers.
+
+    It returns every sown layer besides any captured ones named, so that a layer's values
+    are the same whichever other layers are asked for. ``variables`` and ``example_images``
+    only validate the names against the model (an unknown name is a :class:`DissectError`
+    listing the available ones); the function takes any variables of the architecture.
+    With ``jit``, it is compiled once per architecture and shape (:func:`compiled`),
+    whichever checkpoint is passed.
     """
     shapes = layer_shapes(model, variables, example_images)
     unknown = [name for name in layers if name not in shapes]
@@ -76,22 +120,9 @@ def activation_fn(
         if len(shapes[name]) not in (2, 4):
             raise DissectError(f"layer {name!r} has shape {shapes[name]}; expected [B, h, w, U] or [B, U]")
     sown = jax.eval_shape(lambda x: _apply(model, variables, x, False), example_images)[1].get(INTERMEDIATES, {})
-    sown_names = set(_named_outputs(sown))
-    wanted = set(layers)
-    capture = None
-    if not wanted <= sown_names:
-        missing = wanted - sown_names
-
-        def capture(module: nn.Module, method: str) -> bool:
-            return method == CALL and "/".join(module.path) in missing
-
-    def fn(images: jax.Array) -> dict[str, jax.Array]:
-        _, state = _apply(model, variables, images, capture or False)
-        found = _named_outputs(state.get(INTERMEDIATES, {}))
-        out = {}
-        for name in layers:
-            a = found[name]
-            out[name] = a[:, None, None, :] if a.ndim == 2 else a
-        return out
-
-    return fn
+    sown_names = list(_named_outputs(sown))
+    captured = [name for name in layers if name not in sown_names]
+    # every sown layer, whichever are asked for: one program per architecture, so a layer's
+    # values do not depend on which other layers are read with it (XLA fuses by outputs)
+    forward = LayerForward(model, tuple(sown_names + captured), frozenset(captured))
+    return compiled(forward) if jit else forward

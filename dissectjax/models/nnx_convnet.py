@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from dissectjax.errors import DissectError
-from dissectjax.surgery import Slice, Wiring
+from dissectjax.models.wiring import Slice, Wiring
 
 
 class ConvNet(nnx.Module):
@@ -48,7 +48,6 @@ class ConvNet(nnx.Module):
             inputs=None if i == 0 else Slice("params", ("convs", i, "kernel"), -2),
             outgoing=(Slice("params", reader, 0 if last else -2),),
             outgoing_outputs=None if last else (Slice("params", reader, -1),),
-            producer=f"convs/{i}",
             previous=None if i == 0 else names[i - 1],
             next=None if last else names[i + 1],
         )

@@ -61,14 +61,22 @@ class PlainNet(ImageNetInput):
         return nn.Dense(self.num_classes, name=fc8)(x)
 
 
-def AlexNet(num_classes: int = 1000, **preprocessing) -> PlainNet:
-    return PlainNet(layers=ALEXNET, pool_window=3, pooled=(6, 6), classifier_index=(1, 4, 6), num_classes=num_classes,
-                    **preprocessing)  # fmt: skip
+class AlexNet(PlainNet):
+    """AlexNet (torchvision's layout): conv1-conv5, overlapping 3x3 pools, fc6, fc7."""
+
+    layers: Sequence = ALEXNET
+    pool_window: int = 3
+    pooled: tuple[int, int] = (6, 6)
+    classifier_index: tuple[int, int, int] = (1, 4, 6)
 
 
-def VGG16Net(num_classes: int = 1000, **preprocessing) -> PlainNet:
-    return PlainNet(layers=VGG16, pool_window=2, pooled=(7, 7), classifier_index=(0, 3, 6), num_classes=num_classes,
-                    **preprocessing)  # fmt: skip
+class VGG16Net(PlainNet):
+    """VGG-16 (torchvision's layout): conv1_1-conv5_3, 2x2 pools, fc6, fc7."""
+
+    layers: Sequence = VGG16
+    pool_window: int = 2
+    pooled: tuple[int, int] = (7, 7)
+    classifier_index: tuple[int, int, int] = (0, 3, 6)
 
 
 __all__ = ["ALEXNET", "VGG16", "AlexNet", "PlainNet", "VGG16Net"]

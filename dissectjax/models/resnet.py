@@ -81,9 +81,14 @@ class ResNet(ImageNetInput):
         return nn.Dense(self.num_classes, name="fc")(x)
 
 
-def ResNet18(num_classes: int = 1000, **preprocessing) -> ResNet:
-    return ResNet(stage_sizes=(2, 2, 2, 2), num_classes=num_classes, **preprocessing)
+class ResNet18(ResNet):
+    """ResNet-18: basic blocks, stages of 2, 2, 2, 2."""
+
+    stage_sizes: Sequence[int] = (2, 2, 2, 2)
 
 
-def ResNet50(num_classes: int = 1000, **preprocessing) -> ResNet:
-    return ResNet(stage_sizes=(3, 4, 6, 3), num_classes=num_classes, bottleneck=True, **preprocessing)
+class ResNet50(ResNet):
+    """ResNet-50: bottleneck blocks, stages of 3, 4, 6, 3."""
+
+    stage_sizes: Sequence[int] = (3, 4, 6, 3)
+    bottleneck: bool = True

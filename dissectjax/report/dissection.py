@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from dissectjax.dissect import LayerResult
+from dissectjax.dissect.result import LayerResult
 from dissectjax.errors import DissectError
 from dissectjax.report import images as img
 from dissectjax.results import read_results, read_top_images

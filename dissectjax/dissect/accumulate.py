@@ -1,0 +1,58 @@
+"""Exact host totals of per-batch device statistics.
+
+A statistic is a pytree of arrays; its *reductions* mirror it with ``"sum"``, ``"min"``
+or ``"max"`` at each leaf, saying how two batches' values combine.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from dissectjax.parallel import to_host
+from dissectjax.stats.tally import Counts
+
+REDUCE = {"sum": (jnp.add, np.add), "min": (jnp.minimum, np.minimum), "max": (jnp.maximum, np.maximum)}
+HISTOGRAM_REDUCTIONS = ("sum", "min", "max", "sum")  # prefix_histogram: counts, kmin, kmax, nonfinite
+COUNT_REDUCTIONS = Counts("sum", "sum", "sum")  # tally: intersection, unit_area, concept_area
+
+
+class Accumulator:
+    """Reduces per-batch device statistics into exact host totals (int64 for sums).
+
+    Sums accumulate in int32 on the device; ``add(value, bound)`` promises that no entry
+    of a summed leaf grows by more than ``bound``, and the partial result moves to the
+    host before the bounds could overflow int32. ``total`` is the host total so far
+    (None before the first flush); set it to continue from a saved total.
+    """
+
+    _LIMIT = 2**31 - 1
+
+    def __init__(self, reductions, total=None):
+        self._reductions = reductions
+        self._device = None
+        self._bound = 0
+        self.total = total
+
+    def add(self, value, bound: int) -> None:
+        if self._bound + bound > self._LIMIT:
+            self.flush()
+        if self._device is None:
+            self._device = value
+        else:
+            self._device = jax.tree.map(lambda r, a, b: REDUCE[r][0](a, b), self._reductions, self._device, value)
+        self._bound += bound
+
+    def flush(self):
+        """Moves the device part into ``total`` and returns ``total``."""
+        if self._device is not None:
+            host = jax.tree.map(
+                lambda r, a: to_host(a).astype(np.int64) if r == "sum" else to_host(a), self._reductions, self._device
+            )
+            if self.total is None:
+                self.total = host
+            else:
+                self.total = jax.tree.map(lambda r, a, b: REDUCE[r][1](a, b), self._reductions, self.total, host)
+            self._device, self._bound = None, 0
+        return self.total

@@ -1,0 +1,67 @@
+"""The compiled per-batch kernels of a dissection, for one device mesh.
+
+Each kernel takes sharded activations ``acts`` float [B, h, w, U] and returns statistics
+already reduced over every device (and host) of the mesh.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from dissectjax.dissect.accumulate import COUNT_REDUCTIONS, HISTOGRAM_REDUCTIONS
+from dissectjax.parallel import DataParallel
+from dissectjax.stats.quantile import prefix_histogram
+from dissectjax.stats.sparse import SparseTally
+from dissectjax.stats.tally import tally
+
+
+class Kernels(NamedTuple):
+    """histogram(acts, valid bool [B], prefix, depth, bits, extremes) -> (counts, kmin, kmax, nonfinite),
+    the per-unit histograms of pass 1 (see :func:`~dissectjax.stats.quantile.prefix_histogram`);
+    tally(acts, labels, thresholds float32 [U], category int32 [C], num_categories, condition, strategy)
+    -> Counts (int32 [U, C], [U, K], [C]);
+    image_max(acts) -> float [B, U], each image's maximum per unit;
+    unit_maps(acts, positions int32 [U, j]) -> float [U, j, h, w], unit u's maps at batch
+    positions ``positions[u]``.
+    image_max and unit_maps are replicated to every process."""
+
+    histogram: Callable
+    tally: Callable
+    image_max: Callable
+    unit_maps: Callable
+
+
+@functools.lru_cache(maxsize=8)
+def kernels(parallel: DataParallel) -> Kernels:
+    """The kernels for ``parallel``'s mesh (compiled once per mesh and static arguments)."""
+    hist = parallel.reduce(prefix_histogram, 2, HISTOGRAM_REDUCTIONS)
+    histogram = jax.jit(
+        lambda a, v, p, depth, bits, extremes: hist(a, v, p, depth=depth, bits=bits, extremes=extremes),
+        static_argnums=(3, 4, 5),
+    )
+    count = parallel.reduce(lambda a, labels, t, cat, **kw: tally(a, t, labels, cat, **kw), 2, COUNT_REDUCTIONS)
+    dense = jax.jit(
+        lambda a, labels, t, cat, k, cond, strategy: count(
+            a, labels, t, cat, num_categories=k, condition=cond, strategy=strategy
+        ),
+        static_argnums=(4, 5, 6),
+    )
+    sparse = SparseTally(
+        parallel, fallback=lambda a, labels, t, cat, k, cond: dense(a, labels, t, cat, k, cond, "segment")
+    )
+
+    def tally_fn(acts, labels, t, cat, num_categories, condition, strategy):
+        if strategy == "sparse":
+            return sparse(acts, labels, t, cat, num_categories, condition)
+        return dense(acts, labels, t, cat, num_categories, condition, strategy)
+
+    image_max = jax.jit(lambda a: jnp.max(a, axis=(1, 2)), out_shardings=parallel.replicated)
+    unit_maps = jax.jit(
+        lambda a, positions: a[positions, :, :, jnp.arange(a.shape[-1])[:, None]], out_shardings=parallel.replicated
+    )
+    return Kernels(histogram, tally_fn, image_max, unit_maps)
