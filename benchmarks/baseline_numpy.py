@@ -4,7 +4,7 @@ Per image, per unit: skip units whose map never exceeds the threshold, resize th
 (bilinear, half-pixel centers, as two small matrix products), threshold, and ``bincount``
 the labels under the mask, one label layer at a time. Thresholds by ``np.partition`` over
 every stored activation (Lite uses a quantile sketch; storing everything is the simple,
-fast way for a baseline). Same semantics as dissectjax (DESIGN.md section 5), so the
+fast way for a baseline). Same semantics as dissectjax (docs/ARCHITECTURE.md, Semantics), so the
 counts agree up to float rounding at the threshold.
 """
 

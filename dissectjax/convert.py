@@ -235,7 +235,7 @@ def _mismatch(arch: str, missing: list[str], unexpected: list[str], wrong: list[
         return f"\n  {len(keys)} {title}: {shown}"
 
     return (
-        f"the weights do not fit {arch} (is --arch right?):"
+        f"the weights do not fit {arch} (is the architecture right?):"
         + part("keys the model needs that the file lacks", missing)
         + part("keys in the file the model does not use", unexpected)
         + part("shape mismatches", wrong)

@@ -11,7 +11,7 @@ variables (:func:`dissectjax.edit.with_edits`).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import flax.linen as nn
 import jax
@@ -25,7 +25,11 @@ BATCH_SIZE = 256
 
 
 def batches(n: int, batch_size: int) -> Iterator[slice]:
-    """Consecutive slices covering ``range(n)``, ``batch_size`` rows each (the last may be shorter)."""
+    """Consecutive slices covering ``range(n)``, ``batch_size`` rows each (the last may be shorter).
+
+    >>> [(s.start, s.stop) for s in batches(5, 2)]
+    [(0, 2), (2, 4), (4, 5)]
+    """
     for start in range(0, n, batch_size):
         yield slice(start, min(start + batch_size, n))
 
@@ -76,9 +80,3 @@ def layer_maps(model: nn.Module, variables, layers: Sequence[str], images: np.nd
     fn = activation_fn(model, variables, layers, jnp.asarray(images[:1]), jit=True)
     parts = [fn(variables, jnp.asarray(images[s])) for s in batches(len(images), batch_size)]
     return {name: _concat([p[name] for p in parts]) for name in layers}
-
-
-def map_batches(fn: Callable[[jax.Array], object], images: np.ndarray, batch_size: int = BATCH_SIZE) -> Iterator:
-    """``fn`` of each batch of ``images`` (as a device array), in order."""
-    for s in batches(len(images), batch_size):
-        yield fn(jnp.asarray(images[s]))

@@ -119,7 +119,9 @@ def initialize_distributed(coordinator: str | None, num_processes: int | None, p
     if process_id is None and "DISSECTJAX_PROCESS_ID" in os.environ:
         process_id = int(os.environ["DISSECTJAX_PROCESS_ID"])
     if coordinator and (num_processes is None or process_id is None):
-        raise DissectError("--coordinator needs --num-processes and --process-id (or the DISSECTJAX_* variables)")
+        raise DissectError(
+            "a coordinator address needs the number of processes and this process id (or the DISSECTJAX_* variables)"
+        )
     try:
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
     except (AttributeError, ValueError):  # option renamed or gone: the platform default serves

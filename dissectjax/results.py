@@ -1,4 +1,4 @@
-"""Writing and reading dissection results (DESIGN.md section 6), atomically.
+"""Writing and reading dissection results (docs/ARCHITECTURE.md, Outputs), atomically.
 
     DIR/concepts.csv            index,number,name,category
     DIR/summary.json            per layer: units, detectors, unique detectors, timing, provenance
@@ -149,7 +149,9 @@ def check_output_path(out: str) -> str:
     """The absolute path of ``out`` if a result may be written there, else a DissectError."""
     out = os.path.abspath(out)
     if os.path.exists(out) and not (os.path.isdir(out) and (not os.listdir(out) or looks_like_output(out))):
-        raise DissectError(f"--out {out} exists and is not a dissectjax output directory; choose another path")
+        raise DissectError(
+            f"output directory {out} exists and is not a dissectjax output directory; choose another path"
+        )
     return out
 
 

@@ -1,4 +1,4 @@
-"""A brute-force NumPy reference of the dissection semantics (DESIGN.md section 5).
+"""A brute-force NumPy reference of the dissection semantics (docs/ARCHITECTURE.md, Semantics).
 
 Deliberately naive and independent of dissectjax: loops over images and concepts,
 float64 arithmetic, raw (un-normalized) labels.
@@ -69,7 +69,8 @@ def iou(inter, uarea, carea, concept_category):
 
 
 def rank_error(values: np.ndarray, threshold: float, quantile: float) -> float:
-    """The DESIGN.md tolerance measure: excess of |#above - q n| beyond ties and one value, over n."""
+    """The threshold tolerance measure (docs/ARCHITECTURE.md, Semantics): excess of |#above - q n|
+    beyond ties and one value, over n."""
     v = np.asarray(values, np.float64).ravel()
     above, ties = np.sum(v > threshold), np.sum(v == threshold)
     return max(0.0, abs(above - quantile * v.size) - ties - 1) / v.size

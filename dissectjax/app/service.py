@@ -51,7 +51,7 @@ def scene_classifier(checkpoint: str, images: int) -> Classifier:
     if getattr(model, "num_classes", None) != len(classes):
         raise DissectError(
             f"the checkpoint's model has {getattr(model, 'num_classes', '?')} outputs, but live ablation measures "
-            f"scene classifiers ({len(classes)} classes); serve without --checkpoint to browse only"
+            f"scene classifiers ({len(classes)} classes); serve the dissection without a model to browse only"
         )
     x, y = scene_images(images, "eval", image_size=int(config["input_shape"][0]))
     return Classifier(model, variables, x, y, classes, checkpoint)

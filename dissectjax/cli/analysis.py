@@ -20,6 +20,8 @@ from dissectjax.cli.common import comma_floats, comma_ints, log_lines, progress_
 from dissectjax.cli.dissect import add_model_flags, model_source_from_args
 from dissectjax.errors import DissectError
 
+DIRECTION_SEED = 100  # random directions are drawn apart from the rotation seeds (0, 1, 2, ...)
+
 
 def _setup(args):
     """(base source, probe set, dissection config, say, progress) for one layer."""
@@ -220,7 +222,8 @@ def add_parsers(sub) -> None:
     c.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="rotation powers in [0, 1] (default: %(default)s)")
     c.add_argument("--seeds", default="0,1,2", help="rotation seeds (default: %(default)s)")
     c.add_argument("--directions", type=int, default=0, help="also dissect this many random unit-norm directions")
-    c.add_argument("--direction-seed", type=int, default=100)
+    c.add_argument("--direction-seed", type=int, default=DIRECTION_SEED,
+                   help="seed of the random directions (default: %(default)s)")  # fmt: skip
     c.add_argument("--random-init", action="store_true", help="also run the same architecture at random init")
     c.set_defaults(func=cmd_chimera)
 

@@ -11,7 +11,9 @@ import sys
 
 import numpy as np
 
+from dissectjax.analysis.localize.modularity import ROTATION_SEEDS
 from dissectjax.cli.common import comma_list, log_lines, progress_bars, table, write_table
+from dissectjax.data.splits import SCENE_SPLITS
 from dissectjax.errors import DissectError
 
 
@@ -86,7 +88,7 @@ def cmd_modularity(args) -> int:
         elif os.path.exists(path):
             os.remove(path)  # an earlier run's rows must not pass for this run's
     meta = {"baseline": networks[0].name, "concepts": list(targets), "probe": args.probe, "held": args.held,
-            "held_seed": args.held_seed, "rotation_seed": 1000 + args.seed,
+            "held_seed": args.held_seed, "rotation_seed": ROTATION_SEEDS + args.seed,
             "recipes": {n.name: n.recipe.to_json() for n in networks}}  # fmt: skip
     write_atomic(os.path.join(args.out, "modularity.json"), json.dumps({**meta, **out}, indent=2).encode())
     print(format_modularity(out))
@@ -137,7 +139,8 @@ def add_parsers(sub) -> None:
     m.add_argument(
         "--held", type=int, default=1000, help="held-out scenes for accuracy and ablation (default: %(default)s)"
     )
-    m.add_argument("--held-seed", type=int, default=201, help="their seed (default: %(default)s)")
+    m.add_argument("--held-seed", type=int, default=SCENE_SPLITS["eval"],
+                   help="their seed (default: the eval split's, %(default)s)")  # fmt: skip
     m.add_argument("--seed", type=int, default=0, help="seed of the random rotation control (default: %(default)s)")
     m.add_argument("--quantile", type=float, default=0.005)
     m.add_argument("--iou-threshold", type=float, default=0.04)

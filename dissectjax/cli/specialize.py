@@ -18,26 +18,10 @@ from dissectjax.cli.common import comma_list, log_lines, progress_bars, write_ta
 from dissectjax.errors import DissectError
 
 
-def load_digits(kind: str, size: int, seed: int, data_dir: str | None, crossed: float, split: str = "train"):
-    from dissectjax.data import digits
-
-    if kind == "styled":
-        config = digits.StyledDigitsConfig(size=size, seed=seed)
-        if crossed is not None:
-            config = digits.with_rates(config, 7, {"plain": 0.8 - crossed, "crossed": crossed, "hook": 0.2})
-        return digits.styled_digits(config)
-    if kind == "sklearn":
-        return digits.sklearn_digits()
-    if kind == "mnist":
-        if not data_dir:
-            raise DissectError("--data mnist needs --data-dir: the TFDS data_dir where MNIST is prepared")
-        return digits.tfds_mnist(data_dir, split)
-    raise DissectError(f"unknown --data {kind!r}; expected styled, sklearn or mnist")
-
-
 def cmd_specialize(args) -> int:
     from dissectjax.analysis.specialize import anomalies, train_with_stats
     from dissectjax.checkpoint import load_checkpoint, save_checkpoint
+    from dissectjax.data.digits import digit_set
     from dissectjax.models import build_model
     from dissectjax.train import ClassUnitStats, TrainConfig
 
@@ -56,11 +40,11 @@ def cmd_specialize(args) -> int:
         missing = [name for name in layers if name not in stats.grad]
         if missing:
             raise DissectError(f"--stats {args.stats} has no statistics for {missing}; it has {sorted(stats.grad)}")
-        images, labels, _ = load_digits(args.data, args.images, args.seed + 1000, args.data_dir, args.crossed, "test")
+        images, labels, _ = digit_set(args.data, args.images, args.seed, args.data_dir, args.crossed, "test")
     else:
         if os.path.exists(os.path.join(args.out, "checkpoint")):
             raise DissectError(f"{args.out}/checkpoint exists; choose another --out or remove it")
-        images, labels, _ = load_digits(args.data, args.train_size, args.seed, args.data_dir, args.crossed)
+        images, labels, _ = digit_set(args.data, args.train_size, args.seed, args.data_dir, args.crossed)
         model = build_model("lenet5")
         config = TrainConfig(seed=args.seed, epochs=args.epochs, batch_size=args.batch_size)
         say(f"training LeNet-5 on {len(images)} {args.data} digits, statistics on {', '.join(layers)}")

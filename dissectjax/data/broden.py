@@ -1,4 +1,4 @@
-"""Reader and writer of the Broden dataset format (DESIGN.md section 4).
+"""Reader and writer of the Broden dataset format (docs/ARCHITECTURE.md, Probe datasets).
 
 A directory holds ``index.csv`` (``image,split,ih,iw,sh,sw,<categories>``), ``label.csv``,
 ``category.csv``, optional ``c_<category>.csv``, and ``images/`` with the pictures and the

@@ -169,3 +169,29 @@ def tfds_mnist(data_dir: str, split: str = "train", image_size: int = 32):
     if image_size != images.shape[1]:
         images = _resize(images, image_size)
     return images[..., None], labels, labels.astype(str)
+
+
+DIGIT_SOURCES = ("styled", "sklearn", "mnist")
+TEST_SEED_OFFSET = 1000  # styled test digits are drawn with seed + 1000, apart from any training seed
+
+
+def digit_set(source: str, size: int, seed: int, data_dir: str | None = None, crossed: float | None = None,
+              split: str = "train"):  # fmt: skip
+    """(images uint8 [N, 32, 32, 1], labels int [N], style tags [N]) of a digit source.
+
+    ``styled``: generated (``size`` digits; the ``test`` split draws from ``seed +
+    TEST_SEED_OFFSET``); ``crossed`` sets the share of crossed 7s (hooked 7s stay at 0.2);
+    ``sklearn``: scikit-learn's 1,797 digits; ``mnist``: TFDS MNIST prepared in ``data_dir``.
+    """
+    if source == "styled":
+        config = StyledDigitsConfig(size=size, seed=seed + (TEST_SEED_OFFSET if split == "test" else 0))
+        if crossed is not None:
+            config = with_rates(config, 7, {"plain": 0.8 - crossed, "crossed": crossed, "hook": 0.2})
+        return styled_digits(config)
+    if source == "sklearn":
+        return sklearn_digits()
+    if source == "mnist":
+        if not data_dir:
+            raise DissectError("MNIST needs the TFDS data_dir where it is prepared (a data directory)")
+        return tfds_mnist(data_dir, split)
+    raise DissectError(f"unknown digit source {source!r}; expected {', '.join(DIGIT_SOURCES)}")

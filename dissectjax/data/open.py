@@ -55,7 +55,12 @@ def open_probe(
 
 
 def synthetic_config(spec: str) -> synthetic.SyntheticConfig:
-    """The generator settings of ``synthetic``, ``synthetic:N`` or ``synthetic:N:SEED``."""
+    """The generator settings of ``synthetic``, ``synthetic:N`` or ``synthetic:N:SEED``.
+
+    >>> c = synthetic_config("synthetic:200:7")
+    >>> c.size, c.seed, synthetic_config("synthetic").size
+    (200, 7, 1000)
+    """
     parts = spec.split(":")[1:]
     if len(parts) > 2 or not all(x.isdigit() for x in parts) or (parts and int(parts[0]) < 1):
         raise DissectError(

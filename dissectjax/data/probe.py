@@ -74,7 +74,7 @@ def concept_presence(labels: LabelBatch, num_concepts: int) -> np.ndarray:
     """bool [n, S, C]: which concepts cover each pixel of the batch's valid rows.
 
     A pixel has a concept if any label layer holds it, or if it is an image-level label of
-    the row (covering every pixel), as in the counts of DESIGN.md section 5.
+    the row (covering every pixel), as in the counts of docs/ARCHITECTURE.md, Semantics.
     """
     valid = np.flatnonzero(labels.valid)
     n, layers = len(valid), labels.pixel.shape[1]
@@ -111,6 +111,7 @@ def batch_plan(ds: ProbeDataset, batch_size: int, rows: np.ndarray | None = None
 
 def load_rows(ds: ProbeDataset, rows: np.ndarray, images: bool, labels: bool) -> ProbeBatch:
     """Assembles one batch row by row (padding rows, -1, repeat the first row's shapes)."""
+    rows = np.asarray(rows, np.int64)
     valid = rows >= 0
     first = int(rows[0])
     image_batch = label_batch = None

@@ -110,7 +110,7 @@ class DissectjaxBroden(_ProbeBuilder):
 
     def _probe(self, source_dir):
         if not source_dir or not os.path.isfile(os.path.join(source_dir, "index.csv")):
-            raise DissectError(f"{source_dir!r} holds no Broden index.csv; give the Broden directory (--source)")
+            raise DissectError(f"{source_dir!r} holds no Broden index.csv; give the Broden directory as the source")
         return BrodenDataset(source_dir)
 
 

@@ -31,7 +31,7 @@ def parse_mapping(text: str | None) -> dict[str, str]:
     for part in filter(None, (p.strip() for p in (text or "").split(","))):
         category, sep, feature = part.partition("=")
         if not sep or not category or not feature:
-            raise DissectError(f"--tfds-map entries are CATEGORY=FEATURE[:CLASSES], got {part!r}")
+            raise DissectError(f"TFDS mapping entries are CATEGORY=FEATURE[:CLASSES], got {part!r}")
         mapping[category.strip()] = feature.strip()
     return mapping
 
@@ -88,7 +88,9 @@ class TFDSProbe:
         for cat, spec in mapping.items():
             feature, _, count = spec.partition(":")
             if feature not in features:
-                raise DissectError(f"--tfds-map {cat}={spec}: no feature {feature!r}; features: {', '.join(features)}")
+                raise DissectError(
+                    f"TFDS mapping {cat}={spec}: no feature {feature!r}; features: {', '.join(features)}"
+                )
             f = features[feature]
             k = len(categories)
             categories.append(cat)
@@ -96,7 +98,7 @@ class TFDSProbe:
             first = len(names)
             if len(f.shape) == 0:  # image-level: a ClassLabel
                 if not class_names:
-                    raise DissectError(f"--tfds-map {cat}={spec}: an image-level feature must be a ClassLabel")
+                    raise DissectError(f"TFDS mapping {cat}={spec}: an image-level feature must be a ClassLabel")
                 names += class_names
                 self._image_features.append((k, feature, first))
             else:
@@ -105,7 +107,7 @@ class TFDSProbe:
                 elif class_names:
                     class_names = class_names[1:]  # class 0 is unlabelled
                 else:
-                    raise DissectError(f"--tfds-map {cat}={spec}: give the number of classes, {cat}={feature}:K")
+                    raise DissectError(f"TFDS mapping {cat}={spec}: give the number of classes, {cat}={feature}:K")
                 names += class_names
                 self._pixel_features.append((k, feature, first))
             category += [k] * (len(names) - first)

@@ -1,4 +1,4 @@
-"""How a dissection measures: quantile, detector threshold, batching (DESIGN.md section 5).
+"""How a dissection measures: quantile, detector threshold, batching (docs/ARCHITECTURE.md, Semantics).
 
 The defaults are the dataclass's own: read them as ``DissectConfig.quantile`` etc.
 """

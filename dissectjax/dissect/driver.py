@@ -1,4 +1,4 @@
-"""The two-pass driver (DESIGN.md section 5).
+"""The two-pass driver (docs/ARCHITECTURE.md, Semantics).
 
     source(batch) -> activations -> histograms -> thresholds     (passes 1..3, until resolved)
     source(batch) -> activations + labels -> counts -> IoU -> labels   (final pass)

@@ -1,7 +1,7 @@
 """Reading layer activations out of any linen model.
 
-A layer is either an intermediate the model sows (``conv5``, ``layer4``: DESIGN.md
-section 3) or, for models that sow nothing, any submodule's output, named by its module
+A layer is either an intermediate the model sows (``conv5``, ``layer4``:
+docs/ARCHITECTURE.md, Layers) or, for models that sow nothing, any submodule's output, named by its module
 path joined with ``/`` (``Backbone_0/Conv_3``) and captured with ``capture_intermediates``.
 """
 

@@ -1,4 +1,4 @@
-"""From counts to IoU, unit labels, detectors and unique detectors (DESIGN.md section 5, 4-5).
+"""From counts to IoU, unit labels, detectors and unique detectors (docs/ARCHITECTURE.md, Semantics 4-5).
 
 Host-side NumPy on small arrays ([U, C]); exact integer inputs, float64 IoU.
 """
@@ -11,7 +11,13 @@ import numpy as np
 
 
 def iou(intersection: np.ndarray, unit_area: np.ndarray, concept_area: np.ndarray, concept_category: np.ndarray):
-    """IoU [U, C] = I / (A[:, k(c)] + L - I), 0 where the denominator is 0."""
+    """IoU [U, C] = I / (A[:, k(c)] + L - I), 0 where the denominator is 0.
+
+    intersection int [U, C]; unit_area int [U, K]; concept_area int [C]; concept_category int [C].
+
+    >>> iou(np.array([[2, 0]]), np.array([[4]]), np.array([3, 0]), np.array([0, 0])).tolist()
+    [[0.4, 0.0]]
+    """
     inter = np.asarray(intersection, np.int64)
     union = np.asarray(unit_area, np.int64)[:, concept_category] + np.asarray(concept_area, np.int64)[None] - inter
     return np.where(union > 0, inter / np.maximum(union, 1), 0.0)
@@ -35,7 +41,13 @@ class UnitLabels:
 
 
 def label_units(iou_table: np.ndarray, concept_category: np.ndarray, num_categories: int, iou_threshold: float):
-    """Labels from an IoU table [U, C]. Ties go to the lower concept index."""
+    """Labels from an IoU table [U, C]. Ties go to the lower concept index.
+
+    >>> table = np.array([[0.1, 0.3, 0.02], [0.0, 0.01, 0.03]])
+    >>> labels = label_units(table, np.array([0, 0, 1]), num_categories=2, iou_threshold=0.04)
+    >>> labels.label.tolist(), labels.detector.tolist(), labels.best_per_category.tolist()
+    ([1, 2], [True, False], [[1, 2], [1, 2]])
+    """
     units = iou_table.shape[0]
     best = np.full((units, num_categories), -1, np.int64)
     for k in range(num_categories):
@@ -50,7 +62,12 @@ def label_units(iou_table: np.ndarray, concept_category: np.ndarray, num_categor
 
 
 def unique_detectors(labels: UnitLabels, concept_category: np.ndarray, categories: list[str]) -> dict[str, int]:
-    """Distinct labels among detectors, per category, plus ``total`` (their sum)."""
+    """Distinct labels among detectors, per category, plus ``total`` (their sum).
+
+    >>> labels = UnitLabels(np.zeros((3, 2)), np.array([4, 4, 1]), np.ones(3), np.array([True, True, True]))
+    >>> unique_detectors(labels, np.array([0, 1, 0, 0, 1]), ["color", "object"])
+    {'color': 0, 'object': 2, 'total': 2}
+    """
     found = np.unique(labels.label[labels.detector])
     out = {name: int(np.sum(concept_category[found] == k)) for k, name in enumerate(categories)}
     out["total"] = int(found.size)

@@ -1,6 +1,6 @@
 """Intersection and area counts of thresholded unit masks against concept labels.
 
-For one batch (DESIGN.md section 5, steps 2-3): upsample each unit's map to the label
+For one batch (docs/ARCHITECTURE.md, Semantics 2-3): upsample each unit's map to the label
 size, threshold it, and count
 
 * ``intersection [U, C]``: pixels inside both the unit's mask and the concept's labels,
@@ -135,7 +135,7 @@ def tally(
         if batch * pixels >= _F32_EXACT:
             raise DissectError(
                 f"a batch of {batch} images of {sh}x{sw} labels is too large for exact dense tallies "
-                f"(at most {_F32_EXACT - 1} pixels): lower --batch-size to {max(1, (_F32_EXACT - 1) // pixels)}"
+                f"(at most {_F32_EXACT - 1} pixels): lower batch_size to {max(1, (_F32_EXACT - 1) // pixels)}"
             )
         dtype = jnp.bfloat16  # 0/1 values are exact; accumulation is float32
         onehot = sum(jax.nn.one_hot(ids[:, layer], num_concepts, dtype=dtype) for layer in range(layers))

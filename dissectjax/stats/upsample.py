@@ -4,7 +4,7 @@ Half-pixel centers with edge clamping: output sample ``i`` of ``n_out`` reads th
 ``s = (i + 0.5) * n_in / n_out - 0.5``, clipped to ``[0, n_in - 1]``, between samples
 ``lo = floor(s)`` and ``hi = min(lo + 1, n_in - 1)`` with weight ``frac = s - lo`` on ``hi``.
 For upsampling this is ``jax.image.resize(..., 'bilinear')``; unlike it, downsampling is not
-antialiased, so every ratio follows the same formula (DESIGN.md section 5, step 2).
+antialiased, so every ratio follows the same formula (docs/ARCHITECTURE.md, Semantics 2).
 
 Every tally strategy interpolates with :func:`lerp`, first along rows, then along columns,
 so a pixel has the same float32 value whichever strategy (dense or sparse) computes it.

@@ -44,9 +44,9 @@ class Recipe:
         if any(v < 0 for v in (self.concept, self.l1, self.selectivity, self.align)):
             raise DissectError("localizing strengths must be >= 0")
         if self.align and not self.whiten:
-            raise DissectError("axis alignment (align) needs a concept-whitened layer: add whiten (--whiten)")
+            raise DissectError("axis alignment (align) needs a concept-whitened layer: set whiten")
         if (self.concept or self.align) and not self.concepts:
-            raise DissectError("concept supervision and alignment need target concepts (--concepts a,b,...)")
+            raise DissectError("concept supervision and alignment need target concepts (concepts=(name, ...))")
 
     @property
     def is_baseline(self) -> bool:

@@ -1,4 +1,4 @@
-"""``dissectjax train`` with localizing flags and ``dissectjax modularity`` (issue 9), end to end."""
+"""``dissectjax train`` with localizing flags and ``dissectjax modularity``, end to end."""
 
 import csv
 import json

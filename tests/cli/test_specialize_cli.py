@@ -50,8 +50,8 @@ def test_reloading_checkpoint_and_stats(trained, tmp_path):
     "extra, expect",
     [
         (["--checkpoint", "x"], "--checkpoint and --stats go together"),
-        (["--data", "mnist"], "--data mnist needs --data-dir"),
-        (["--data", "cifar"], "unknown --data 'cifar'"),
+        (["--data", "mnist"], "MNIST needs the TFDS data_dir"),
+        (["--data", "cifar"], "unknown digit source 'cifar'"),
         (["--layers", "fc9", "--train-size", "64", "--epochs", "1"], "unknown layers ['fc9']"),
         (["--train-size", "10"], "fewer than one batch"),
         (["--epochs", "0", "--train-size", "64"], "epochs must be a positive integer"),

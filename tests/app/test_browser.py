@@ -12,14 +12,16 @@ import threading
 import numpy as np
 import pytest
 from conftest import CHECKPOINT
-from test_app import library_ablation
+from test_server import library_ablation
 
 from dissectjax.app import AppService, scene_classifier, serve
 from dissectjax.report import Dissection
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
-ARTIFACTS = os.environ.get("DISSECTJAX_ARTIFACTS") or os.path.join(os.path.dirname(__file__), "..", "test-artifacts")
+ARTIFACTS = os.environ.get("DISSECTJAX_ARTIFACTS") or os.path.join(
+    os.path.dirname(__file__), "..", "..", "test-artifacts"
+)
 
 
 def _missing() -> str | None:

@@ -1,9 +1,10 @@
-"""``dissectjax chimera``, ``explain`` and ``probe``: outputs checked against the library's own dissection."""
+"""``dissectjax chimera``, ``explain`` and ``multiunit``: outputs checked against the library's own dissection."""
 
 import csv
 import os
 
 import pytest
+from conftest import CHECKPOINT
 
 from dissectjax.cli import main
 from dissectjax.data import synthetic
@@ -11,7 +12,6 @@ from dissectjax.data.broden import BrodenDataset
 from dissectjax.dissect import DissectConfig, dissect
 from dissectjax.dissect.sources import ModelSource
 
-CHECKPOINT = os.path.join(os.path.dirname(__file__), "..", "checkpoints", "scenenet")
 IMAGES = 40
 
 
@@ -61,12 +61,13 @@ def test_explain_formulas_never_lose_to_single_concepts(tmp_path, setting):
         assert r["best_single"] in probe.concepts.names and 1 <= int(r["length"]) <= 2
 
 
-def test_probe_top1_is_the_best_unit(tmp_path, setting):
+def test_multiunit_top1_is_the_best_unit(tmp_path, setting, capsys):
     """Fit in-sample, the top-1 view of a concept is its best unit rescaled: the same mask, the same IoU."""
     args, plain, probe = setting
     out = tmp_path / "out"
-    assert main(["probe", *args, "--out", str(out), "--k", "1,2", "--steps", "20"]) == 0
-    rows = {r["concept"]: r for r in _rows(out / "probe-conv5.csv")}
+    assert main(["probe", *args, "--out", str(out), "--k", "1,2", "--steps", "20"]) == 0  # the old name still works
+    assert "'dissectjax probe' is now 'dissectjax multiunit'" in capsys.readouterr().err
+    rows = {r["concept"]: r for r in _rows(out / "multiunit-conv5.csv")}
     assert set(rows) == set(probe.concepts.names)
     for c, name in enumerate(probe.concepts.names):
         assert float(rows[name]["top-1"]) == pytest.approx(plain.iou[:, c].max(), abs=2e-6)

@@ -1,4 +1,4 @@
-"""The command line: outputs per DESIGN.md section 6, and one-line errors on bad input."""
+"""The command line: outputs per docs/ARCHITECTURE.md, Outputs, and one-line errors on bad input."""
 
 import csv
 import json

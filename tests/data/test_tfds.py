@@ -10,6 +10,8 @@ tfds = pytest.importorskip(
     "tensorflow_datasets", reason="tensorflow-datasets is not installed (pip install -e .[tfds])"
 )
 
+from conftest import CHECKPOINT  # noqa: E402
+
 from dissectjax.cli import main  # noqa: E402
 from dissectjax.data import synthetic  # noqa: E402
 from dissectjax.data.broden import BrodenDataset  # noqa: E402
@@ -42,7 +44,7 @@ def test_prepared_without_tensorflow_and_rows_round_trip(scenes):
 
 def test_dissection_from_tfds_equals_the_broden_directory(scenes, tmp_path):
     data_dir, _, _ = scenes
-    common = ["--checkpoint", os.path.join(os.path.dirname(__file__), "..", "checkpoints", "scenenet"),
+    common = ["--checkpoint", CHECKPOINT,
               "--layers", "conv5", "--no-resume", "--no-report", "--quiet"]  # fmt: skip
     assert main(["dissect", "--dataset", "tfds:dissectjax_scenes/64", "--tfds-data-dir", data_dir,
                  "--out", str(tmp_path / "a"), *common]) == 0  # fmt: skip

@@ -1,4 +1,4 @@
-"""Localizing pieces (issue 9): the concept-whitening layer, concept supervision, regularizers."""
+"""Localizing pieces: the concept-whitening layer, concept supervision, regularizers."""
 
 import flax.linen as nn
 import jax
