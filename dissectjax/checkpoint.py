@@ -63,6 +63,14 @@ def save_checkpoint(directory: str, model_name: str, model_kwargs: dict, input_s
         raise
 
 
+def _this_process_checkpointer() -> ocp.StandardCheckpointer:
+    """A checkpointer that reads without waiting for the other processes of a multi-process run."""
+    me = jax.process_index()
+    return ocp.StandardCheckpointer(
+        multiprocessing_options=ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    )
+
+
 def read_config(directory: str) -> dict:
     path = os.path.join(directory, "config.json")
     if not os.path.isfile(path):
@@ -82,12 +90,12 @@ def load_checkpoint(directory: str, fold: bool = False):
     directory = os.path.abspath(directory)
     config = read_config(directory)
     model = build_model(config["model"], **config.get("model_kwargs", {}))
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]  # in a multi-process run, each process reads the checkpoint itself
     sharding = jax.sharding.SingleDeviceSharding(device)
     abstract = jax.eval_shape(lambda: init_variables(model, config["input_shape"]))
     abstract = jax.tree.map(lambda s: jax.ShapeDtypeStruct(s.shape, s.dtype, sharding=sharding), abstract)
     try:
-        variables = ocp.StandardCheckpointer().restore(os.path.join(directory, "state"), abstract)
+        variables = _this_process_checkpointer().restore(os.path.join(directory, "state"), abstract)
     except (FileNotFoundError, ValueError) as e:
         raise DissectError(f"cannot restore checkpoint {directory}: {e}") from None
     if fold and getattr(model, "whiten", ()):

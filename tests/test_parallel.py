@@ -1,4 +1,6 @@
-"""Bit-identical results on 1 device, 8 simulated devices, and 2 processes x 4 devices."""
+"""Bit-identical results on 1 device, 8 simulated devices, and 2 processes x 4 devices, for
+stored activations, a random-init model and the committed trained checkpoint; and a layer's
+results do not depend on which other layers are dissected with it."""
 
 import os
 import socket
@@ -7,7 +9,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import random_broden
+from conftest import CHECKPOINT, random_broden
 
 
 def dissect_cli(out, dataset, source_args, devices, extra_env=None, extra_args=()):
@@ -57,8 +59,9 @@ def workload(tmp_path_factory):
 SOURCES = {
     "activations": lambda acts: ["--activations", acts],
     "model": lambda acts: ["--model", "scenenet", "--layers", "conv2,conv5", "--seed", "3"],
+    "trained": lambda acts: ["--checkpoint", CHECKPOINT, "--layers", "conv3,conv5"],
 }
-LAYERS = {"activations": ["acts"], "model": ["conv2", "conv5"]}
+LAYERS = {"activations": ["acts"], "model": ["conv2", "conv5"], "trained": ["conv3", "conv5"]}
 
 
 @pytest.mark.parametrize("kind", sorted(SOURCES))
@@ -90,3 +93,13 @@ def test_two_processes_of_four_devices_equal_one_device(tmp_path, workload, kind
     for p in procs:
         finish(p)
     assert_identical(tmp_path / "single", tmp_path / "multi", LAYERS[kind])
+
+
+def test_a_layer_does_not_depend_on_the_layers_dissected_with_it(tmp_path, workload):
+    """Every sown layer comes out of one compiled program, whichever are asked for."""
+    root, _ = workload
+    alone = dissect_cli(tmp_path / "alone", root, ["--checkpoint", CHECKPOINT, "--layers", "conv5"], 1)
+    finish(alone)
+    together = dissect_cli(tmp_path / "together", root, ["--checkpoint", CHECKPOINT, "--layers", "conv1,conv5"], 1)
+    finish(together)
+    assert_identical(tmp_path / "alone", tmp_path / "together", ["conv5"])
