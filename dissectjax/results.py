@@ -14,23 +14,30 @@ place at the end, so a failed run never leaves a partial result that looks finis
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import io
 import json
 import os
 import platform
-import shutil
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
 from dissectjax.data.concepts import Concepts
 from dissectjax.dissect.result import LayerResult
 from dissectjax.errors import DissectError
-from dissectjax.stats.labels import label_units, unique_detectors
+from dissectjax.output_dir import add_to_manifest
+from dissectjax.stats.labels import (
+    DETECTOR_RULES,
+    distinct_labels,
+    distinct_per_category,
+    label_units,
+    passes,
+    unique_detectors,
+    unique_detectors_tables,
+)
 
 TOP_IMAGE_SIZE = 128  # longest side of the stored top images
 
@@ -53,12 +60,17 @@ def versions() -> dict[str, str]:
 
 
 def layer_summary(result: LayerResult) -> dict:
+    """One layer of summary.json. Unique detectors under both rules ({category: n, ..., "total"}):
+    ``unique_detectors`` the best-label rule, ``unique_detectors_tables`` the NetDissect-tables
+    rule; ``detector_rule`` how scores were compared with ``iou_threshold`` (">=" or ">")."""
     return {
         "units": result.units,
         "detectors": result.detectors,
         "unique_detectors": result.unique,
+        "unique_detectors_tables": result.unique_tables,
         "quantile": result.quantile,
         "iou_threshold": result.iou_threshold,
+        "detector_rule": result.detector_rule,
         "condition": result.condition,
         "images": result.images,
         "seconds": round(result.seconds, 3),
@@ -139,46 +151,7 @@ def write_atomic(path: str, data: bytes) -> None:
     except BaseException:
         os.remove(tmp)
         raise
-
-
-def looks_like_output(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "summary.json"))
-
-
-def check_output_path(out: str) -> str:
-    """The absolute path of ``out`` if a result may be written there, else a DissectError."""
-    out = os.path.abspath(out)
-    if os.path.exists(out) and not (os.path.isdir(out) and (not os.listdir(out) or looks_like_output(out))):
-        raise DissectError(
-            f"output directory {out} exists and is not a dissectjax output directory; choose another path"
-        )
-    return out
-
-
-@contextlib.contextmanager
-def atomic_directory(out: str) -> Iterator[str]:
-    """Yields a fresh temporary directory that replaces ``out`` when the block succeeds.
-
-    ``out`` may be absent, empty, or a previous dissectjax output (replaced whole); any
-    other existing path is refused, so unrelated work is never overwritten.
-    """
-    out = check_output_path(out)
-    parent = os.path.dirname(out)
-    os.makedirs(parent, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.partial-", dir=parent)
-    os.chmod(tmp, 0o755)  # mkdtemp makes it private; results are for sharing
-    try:
-        yield tmp
-        if os.path.exists(out):
-            old = tempfile.mkdtemp(prefix=f".{os.path.basename(out)}.old-", dir=parent)
-            os.rename(out, os.path.join(old, "previous"))
-            os.rename(tmp, out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    add_to_manifest(path)  # a file added to a dissectjax output stays part of it
 
 
 def write_results(directory: str, results: Mapping[str, LayerResult], info: Mapping) -> None:
@@ -235,7 +208,11 @@ def read_concepts(path: str) -> Concepts:
 
 
 def read_results(directory: str) -> tuple[dict[str, LayerResult], dict]:
-    """The layers of a dissection output directory, and its summary.json."""
+    """The layers of a dissection output directory, and its summary.json.
+
+    Labels and both unique-detector counts are recomputed from counts.npz with the summary's
+    threshold and comparison (">=" for directories written before ``detector_rule`` was recorded).
+    """
     summary_path = os.path.join(directory, "summary.json")
     if not os.path.isfile(summary_path):
         raise DissectError(
@@ -256,7 +233,8 @@ def read_results(directory: str) -> tuple[dict[str, LayerResult], dict]:
         if categories != concepts.categories:
             concepts = dataclasses.replace(concepts, categories=categories, category=np.array(
                 [categories.index(concepts.categories[k]) for k in concepts.category], np.int64))  # fmt: skip
-        labels = label_units(arrays["iou"], concepts.category, concepts.num_categories, info["iou_threshold"])
+        threshold, rule = info["iou_threshold"], info.get("detector_rule", DETECTOR_RULES[0])
+        labels = label_units(arrays["iou"], concepts.category, concepts.num_categories, threshold, rule)
         results[name] = LayerResult(
             name=name,
             concepts=concepts,
@@ -267,8 +245,10 @@ def read_results(directory: str) -> tuple[dict[str, LayerResult], dict]:
             iou=arrays["iou"],
             labels=labels,
             unique=unique_detectors(labels, concepts.category, list(concepts.categories)),
+            unique_tables=unique_detectors_tables(arrays["iou"], labels, list(concepts.categories), threshold, rule),
             quantile=info["quantile"],
-            iou_threshold=info["iou_threshold"],
+            iou_threshold=threshold,
+            detector_rule=rule,
             condition=info["condition"],
             images=info["images"],
             seconds=info["seconds"],
@@ -277,6 +257,39 @@ def read_results(directory: str) -> tuple[dict[str, LayerResult], dict]:
             top_maps=arrays.get("top_maps"),
         )
     return results, summary
+
+
+def unique_from_tally_csv(path: str, threshold: float, rule: str) -> dict[str, dict[str, int]]:
+    """Unique detectors under both rules from a tally CSV in NetDissect's layout (its tally.csv,
+    or a dissectjax ``units.csv``): columns ``unit,category,label,score``, then per category
+    ``<cat>-label,<cat>-truth,<cat>-activation,<cat>-intersect,<cat>-iou`` (other columns ignored).
+
+    Returns ``{"best_label": {category: n, ..., "total": sum}, "tables": {...}}``, categories
+    in column order: ``best_label`` counts the distinct ``label`` among rows whose ``score``
+    passes ``threshold`` under ``rule`` (">=" or ">"); ``tables`` counts, per category, the
+    distinct ``<cat>-label`` among rows whose ``<cat>-iou`` passes (NetDissect's CVPR 2017 tables).
+    """
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        rows = list(reader)
+        columns = reader.fieldnames or []
+    cats = [c.removesuffix("-label") for c in columns if c.endswith("-label")]
+    missing = [c for c in ["category", "label", "score", *(f"{k}-iou" for k in cats)] if c not in columns]
+    if missing or not cats:
+        column = (missing or ["<category>-label"])[0]
+        raise DissectError(f"{path} is not a tally CSV in NetDissect's layout: no column {column!r}")
+    unknown = {r["category"] for r in rows} - set(cats)
+    if unknown:
+        raise DissectError(f"{path}: category {sorted(unknown)[0]!r} of a unit's label has no -label column")
+    names = np.array([[r[f"{k}-label"] for k in cats] for r in rows], dtype=str).reshape(len(rows), len(cats))
+    scores = np.array([[float(r[f"{k}-iou"]) for k in cats] for r in rows], np.float64).reshape(names.shape)
+    label = np.array([r["label"] for r in rows], dtype=str)
+    label_category = np.array([cats.index(r["category"]) for r in rows], np.int64)
+    score = np.array([float(r["score"]) for r in rows], np.float64)
+    return {
+        "best_label": distinct_labels(label, label_category, passes(score, threshold, rule), cats),
+        "tables": distinct_per_category(names, (names != "") & passes(scores, threshold, rule), cats),
+    }
 
 
 def read_top_images(directory: str) -> dict | None:

@@ -8,6 +8,7 @@ perturbed.
 """
 
 import json
+import os
 import struct
 
 import jax.numpy as jnp
@@ -184,3 +185,168 @@ def test_weights_that_do_not_fit_are_listed():
     assert "1 keys in the file the model does not use: extra.weight" in str(e.value)
     with pytest.raises(DissectError, match="unknown architecture 'resnet152'"):
         to_variables("resnet152", small)
+
+
+# ---- hostile weight files and flags (one validation layer for every file read) ----------------------
+def run_convert(*argv):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-m", "dissectjax", "convert", *map(str, argv)], capture_output=True,
+                       text=True, timeout=300)  # fmt: skip
+    return p.returncode, p.stderr
+
+
+def assert_one_line_error(code, stderr, *fragments):
+    lines = stderr.strip().splitlines()
+    assert code == 2, stderr[-3000:]
+    assert len(lines) == 1 and "Traceback" not in stderr, stderr[-3000:]
+    assert lines[0].startswith("dissectjax convert: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def small_state():
+    rng = np.random.default_rng(0)
+    return {"a.weight": rng.normal(size=(3, 4)).astype(np.float32), "b.bias": np.zeros(2, np.float32)}
+
+
+def test_nan_or_inf_weights_are_refused_by_key(tmp_path):
+    state = small_state()
+    state["b.bias"][1] = np.nan
+    np.savez(tmp_path / "w.npz", **state)
+    with pytest.raises(DissectError, match=r"w\.npz: tensor 'b\.bias' holds 1 NaN/Inf values of 2; expected finite"):
+        read_weights(str(tmp_path / "w.npz"))
+    write_safetensors(tmp_path / "w.safetensors", {**state, "b.bias": np.array([np.inf, 0], np.float32)})
+    with pytest.raises(DissectError, match=r"w\.safetensors: tensor 'b\.bias' holds 1 NaN/Inf"):
+        read_weights(str(tmp_path / "w.safetensors"))
+    with pytest.raises(DissectError, match=r"the state dict: tensor 'b\.bias' holds 1 NaN/Inf"):
+        to_variables("alexnet", state)
+
+
+def safetensors_bytes(header, data=b""):
+    text = json.dumps(header).encode()
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def good_safetensors():
+    return safetensors_bytes({"a": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 16]}}, bytes(16))
+
+
+GARBAGE = {
+    # .npz
+    "npz-not-a-zip": ("w.npz", lambda: b"this is not a zip archive" * 10, "is not an .npz file (not a zip archive)"),
+    "npz-empty": ("w.npz", lambda: b"", "is not an .npz file (empty)"),
+    "npz-is-npy": ("w.npz", None, "is a single .npy array, not an .npz archive"),
+    "npz-truncated": ("w.npz", None, "as an .npz of tensors: File is not a zip file"),
+    "npz-garbled": ("w.npz", None, "as an .npz of tensors"),
+    # .safetensors
+    "st-short": ("w.safetensors", lambda: b"\x05", "shorter than the 8-byte header length"),
+    "st-truncated-header": ("w.safetensors", lambda: good_safetensors()[:20], "header says"),
+    "st-header-not-json": ("w.safetensors", lambda: struct.pack("<Q", 4) + b"{{{{", "the header is not JSON"),
+    "st-header-a-list": ("w.safetensors", lambda: safetensors_bytes([1, 2]), "the header is a JSON list"),
+    "st-truncated-data": ("w.safetensors", lambda: good_safetensors()[:-4], "are not inside the file's 12 data bytes"),
+    "st-size-mismatch": (
+        "w.safetensors",
+        lambda: safetensors_bytes({"a": {"dtype": "F32", "shape": [3, 2], "data_offsets": [0, 16]}}, bytes(16)),
+        "which needs 24",
+    ),
+    "st-bad-shape": (
+        "w.safetensors",
+        lambda: safetensors_bytes({"a": {"dtype": "F32", "shape": [-1, 4], "data_offsets": [0, 16]}}, bytes(16)),
+        "non-negative integers",
+    ),
+    "st-entry-not-object": ("w.safetensors", lambda: safetensors_bytes({"a": 3}), "expected {'dtype'"),
+    # .pth
+    "pth-empty": ("w.pth", lambda: b"", "is not a PyTorch file (empty)"),
+    "pth-text": ("w.pth", lambda: b"hello world\n", "is not a PyTorch file (it starts with b'hell')"),
+    "pth-truncated": ("w.pth", None, "cannot read"),
+    "pth-garbled": ("w.pth", None, "cannot read"),
+    "pth-a-tensor": ("w.pth", None, "holds a ndarray; expected a state dict"),
+}
+
+
+def write_garbage(tmp_path, case):
+    name, make, _ = GARBAGE[case]
+    path = tmp_path / name
+    if make is not None:
+        path.write_bytes(make())
+    elif case == "npz-is-npy":
+        np.save(tmp_path / "w.npy", np.zeros(3))
+        (tmp_path / "w.npy").rename(path)
+    elif case.startswith("npz-"):
+        np.savez(path, **small_state())
+        data = path.read_bytes()
+        path.write_bytes(data[: len(data) // 2] if case == "npz-truncated" else data[:60] + bytes(40) + data[100:])
+    else:
+        torch = need_torch()
+        if case == "pth-a-tensor":
+            torch.save(torch.ones(3), path)
+        else:
+            torch.save({k: torch.from_numpy(v) for k, v in small_state().items()}, path)
+            data = path.read_bytes()
+            path.write_bytes(
+                data[: len(data) // 2] if case == "pth-truncated" else data[:300] + bytes(200) + data[500:]
+            )
+    return path
+
+
+@pytest.mark.parametrize("case", GARBAGE)
+def test_garbage_weight_files(tmp_path, case):
+    path = write_garbage(tmp_path, case)
+    with pytest.raises(DissectError) as e:
+        read_weights(str(path))
+    message = str(e.value)
+    assert str(path) in message and GARBAGE[case][2] in message, message
+    assert "\n" not in message
+
+
+def test_weights_that_are_not_numbers_or_not_a_file(tmp_path):
+    state = state_dict(torch_model("alexnet"))
+    state["features.0.weight"] = np.full(state["features.0.weight"].shape, "x")
+    with pytest.raises(DissectError, match=r"features\.0\.weight: dtype <U1, alexnet needs numbers"):
+        to_variables("alexnet", state, Preprocessing(input_size=64))
+    with pytest.raises(DissectError, match="is a directory"):
+        read_weights(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    "fields, expect",
+    [
+        ({"mean": (np.nan, 0.5, 0.5)}, "mean must be three finite numbers"),
+        ({"std": (0.2, 0.0, 0.2)}, "std must be positive"),
+        ({"std": (0.2, np.inf, 0.2)}, "std must be three finite numbers"),
+        ({"value_range": -1.0}, "value_range must be a positive number"),
+        ({"input_size": 0}, "input_size must be a positive integer"),
+    ],
+)
+def test_preprocessing_is_checked(fields, expect):
+    with pytest.raises(DissectError, match=expect):
+        Preprocessing(**fields)
+
+
+@pytest.mark.parametrize(
+    "case, flags, expect",
+    [
+        ("nan-weights", [], "tensor 'fc.bias' holds 1 NaN/Inf values"),
+        ("garbage", [], "is not an .npz file"),
+        ("ok", ["--mean", "nan,0.4,0.4"], "--mean takes finite numbers"),
+        ("ok", ["--std", "0.2,0,0.2"], "--std takes positive numbers"),
+        ("ok", ["--std", "0.2,-1,0.2"], "--std takes positive numbers"),
+        ("ok", ["--std", "inf,0.2,0.2"], "--std takes finite numbers"),
+        ("ok", ["--value-range", "0"], "--value-range must be a positive number"),
+    ],
+)
+def test_cli_refuses_bad_weights_and_flags(tmp_path, case, flags, expect):
+    weights = tmp_path / "w.npz"
+    if case == "garbage":
+        weights.write_bytes(b"not a zip" * 20)
+    else:
+        state = state_dict(torch_model("resnet18"))
+        if case == "nan-weights":
+            state["fc.bias"][2] = np.nan
+        np.savez(weights, **state)
+    out = tmp_path / "out"
+    code, stderr = run_convert("--arch", "resnet18", "--weights", weights, "--out", out, "--input-size", "64", *flags)
+    assert_one_line_error(code, stderr, expect)
+    assert not out.exists() and not [p for p in os.listdir(tmp_path) if p.startswith(".ckpt-")]

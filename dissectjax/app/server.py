@@ -10,23 +10,47 @@
     POST /api/ablate                {"layer": L, "units": [u, ...], "mode": "zero"|"mean"}
                                     per-class accuracy and balanced accuracy, before and after
 
-Bad input gets a 4xx with ``{"error": message}``, never a stack trace. The server binds
-127.0.0.1 unless told otherwise.
+Bad input gets a 4xx with ``{"error": message}`` (one line), never a stack trace. The server binds
+127.0.0.1 unless told otherwise, and answers only requests that name it (against DNS rebinding, a
+page elsewhere that points its own name at this machine):
+
+- the ``Host`` header must be one of the app's allowed hosts: the bound address with the bound
+  port, and for a loopback bind also ``localhost`` and ``[::1]`` (else 421);
+- a POST whose ``Origin`` is present must come from ``http://`` + an allowed host (else 403);
+- an API request a browser marks ``Sec-Fetch-Site: cross-site`` or ``same-site`` is refused (403);
+- responses may not be framed or embedded by other sites (``SECURITY_HEADERS``);
+- a JSON body must be UTF-8, at most ``MAX_REQUEST_BYTES`` (413) and ``MAX_JSON_DEPTH`` deep (400).
 """
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+import re
+import socket
+from collections.abc import Callable, Iterable
 
 from flask import Flask, jsonify, request
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import Forbidden, HTTPException, MisdirectedRequest
 
 from dissectjax.app.service import AppService
 from dissectjax.errors import DissectError
 
 LOOPBACK = "127.0.0.1"
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1")
+TEST_CLIENT_HOSTS = ("localhost",)  # what Flask's test client sends; serve() is strict
 MAX_REQUEST_BYTES = 64 * 1024
+MAX_JSON_DEPTH = 32
+MAX_MESSAGE = 500
+SECURITY_HEADERS = {
+    "X-Frame-Options": "DENY",  # no page elsewhere frames the app to click its buttons
+    "X-Content-Type-Options": "nosniff",
+    "Cross-Origin-Resource-Policy": "same-origin",  # no page elsewhere embeds its answers
+}
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+BROWSER_OWN_SITES = frozenset({"same-origin", "none"})  # Sec-Fetch-Site of the app's page, or a typed URL
+ABLATE_EXAMPLE = '{"layer": "conv5", "units": [3, 17]}'
 PAGE = os.path.join(os.path.dirname(__file__), "page.html")
 
 
@@ -42,6 +66,117 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def is_wildcard(host: str) -> bool:
+    """Whether binding ``host`` listens on every interface ("", 0.0.0.0, ::)."""
+    if host == "":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_unspecified
+    except ValueError:
+        return False
+
+
+def authority(host: str, port: int | None) -> str:
+    """``host:port`` as a Host header writes it: lower case, IPv6 in brackets, no port if None.
+
+    >>> authority("::1", 8050), authority("LocalHost", None)
+    ('[::1]:8050', 'localhost')
+    """
+    host = host.lower()
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return host if port is None else f"{host}:{port}"
+
+
+def allowed_hosts(host: str, port: int, extra: Iterable[str] = ()) -> frozenset[str]:
+    """The Host headers that name a server bound to ``host``:``port`` (port 80 also without a port).
+
+    A loopback bind also answers to ``localhost`` and ``[::1]``; a wildcard bind to those, this
+    machine's name and the wildcard itself (the URL ``serve`` prints; a literal address cannot be
+    rebound); ``extra`` names are accepted too.
+
+    >>> sorted(allowed_hosts("127.0.0.1", 8050))
+    ['127.0.0.1:8050', '[::1]:8050', 'localhost:8050']
+    """
+    names = {*extra, host} - {""}
+    if is_wildcard(host):
+        names |= {*LOOPBACK_NAMES, socket.gethostname()}
+    if is_loopback(host):
+        names |= set(LOOPBACK_NAMES)
+    ports = (port, None) if port == 80 else (port,)
+    return frozenset(authority(name, p) for name in names for p in ports)
+
+
+def _shown(value: str, limit: int = 100) -> str:
+    """``value`` quoted for an error message, cut to ``limit`` characters."""
+    return repr(value[:limit] + ("..." if len(value) > limit else ""))
+
+
+def host_refusal(host: str | None, allowed: frozenset[str]) -> str | None:
+    """Why a request with this Host header is refused, or None if it is one of ``allowed``."""
+    if host is not None and host.lower() in allowed:
+        return None
+    what = "a request without a Host header" if host is None else f"Host {_shown(host)}"
+    accepted = ", ".join(sorted(allowed)) or "nothing yet"
+    return (f"refused {what}: this app answers only to {accepted} (a guard against DNS rebinding); "
+            "open one of those, or start the app with --host set to the address you use")  # fmt: skip
+
+
+def origin_refusal(method: str, origin: str | None, allowed: frozenset[str]) -> str | None:
+    """Why a request from a page at ``origin`` is refused (POSTs from other origins), or None."""
+    if method in SAFE_METHODS or origin is None or origin.lower() in {f"http://{h}" for h in allowed}:
+        return None
+    return f"refused a cross-origin {method} from {_shown(origin)}: only this app's own page may send one"
+
+
+def site_refusal(path: str, fetch_site: str | None) -> str | None:
+    """Why a browser request to the API from another site is refused (``Sec-Fetch-Site``), or None."""
+    if not path.startswith("/api/") or fetch_site is None or fetch_site.lower() in BROWSER_OWN_SITES:
+        return None
+    return f"refused an API request from another site (Sec-Fetch-Site: {_shown(fetch_site, 20)})"
+
+
+def one_line(message: str, limit: int = MAX_MESSAGE) -> str:
+    """``message`` on one line, at most ``limit`` characters."""
+    text = " ".join(str(message).split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.S)
+_JSON_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def json_depth(text: str) -> int:
+    """How deep arrays and objects nest in the JSON ``text`` (brackets inside strings ignored).
+
+    >>> json_depth('{"a": [[1], "]]"]}'), json_depth("3")
+    (3, 0)
+    """
+    depth = deepest = 0
+    for bracket in _JSON_BRACKETS.findall(_JSON_STRING.sub("", text)):
+        depth += 1 if bracket in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
+
+
+def parse_json_object(data: bytes, max_depth: int = MAX_JSON_DEPTH) -> dict:
+    """A request body as a JSON object; BadRequest if it is not UTF-8, too deep, not JSON or no object."""
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"the body is not UTF-8 (byte {e.start}); send a JSON object: {ABLATE_EXAMPLE}") from None
+    depth = json_depth(text)
+    if depth > max_depth:
+        raise BadRequest(f"the JSON body nests {depth} levels deep; at most {max_depth} are accepted")
+    try:
+        body = json.loads(text)
+    except ValueError as e:
+        raise BadRequest(f"the body is not valid JSON ({e}); send a JSON object: {ABLATE_EXAMPLE}") from None
+    if not isinstance(body, dict):
+        raise BadRequest(f"send a JSON object: {ABLATE_EXAMPLE}")
+    return body
 
 
 class BadRequest(DissectError):
@@ -62,19 +197,38 @@ def _arg(name: str) -> str:
     return value
 
 
-def create_app(service: AppService) -> Flask:
-    """The Flask application answering from ``service``."""
+def create_app(service: AppService, allowed_hosts: Iterable[str] | None = None) -> Flask:
+    """The Flask application answering from ``service``, to requests whose Host is one of
+    ``allowed_hosts`` (``host:port`` as the header writes it; default: the test client's
+    ``localhost``; :func:`serve` passes the bound address's)."""
+    allowed = frozenset(h.lower() for h in (TEST_CLIENT_HOSTS if allowed_hosts is None else allowed_hosts))
     app = Flask("dissectjax")
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.json.sort_keys = False
 
+    @app.before_request
+    def guard():
+        refusal = host_refusal(request.headers.get("Host"), allowed)
+        if refusal:
+            raise MisdirectedRequest(refusal)
+        refusal = origin_refusal(request.method, request.headers.get("Origin"), allowed) or site_refusal(
+            request.path, request.headers.get("Sec-Fetch-Site")
+        )
+        if refusal:
+            raise Forbidden(refusal)
+
+    @app.after_request
+    def secure(response):
+        response.headers.update(SECURITY_HEADERS)
+        return response
+
     @app.errorhandler(DissectError)
     def bad_input(e):
-        return jsonify(error=str(e)), 400
+        return jsonify(error=one_line(str(e))), 400
 
     @app.errorhandler(HTTPException)
     def http_error(e):
-        return jsonify(error=f"{e.name}: {e.description}"), e.code
+        return jsonify(error=one_line(f"{e.name}: {e.description}")), e.code
 
     @app.errorhandler(Exception)
     def internal_error(e):
@@ -112,9 +266,9 @@ def create_app(service: AppService) -> Flask:
 
     @app.post("/api/ablate")
     def ablate():
-        body = request.get_json(silent=True)
-        if not isinstance(body, dict):
-            raise BadRequest('send a JSON object: {"layer": "conv5", "units": [3, 17]}')
+        if not request.is_json:
+            raise BadRequest(f"send a JSON object with Content-Type: application/json: {ABLATE_EXAMPLE}")
+        body = parse_json_object(request.get_data(cache=True))  # 413 past MAX_CONTENT_LENGTH
         units = body.get("units")
         if not isinstance(units, list) or not all(isinstance(u, int) and not isinstance(u, bool) for u in units):
             raise BadRequest(f"'units' must be a list of integers, got {units!r}"[:300])
@@ -126,11 +280,24 @@ def create_app(service: AppService) -> Flask:
     return app
 
 
-def serve(service: AppService, host: str = "127.0.0.1", port: int = 8050, ready=None) -> None:
-    """Runs the app until interrupted; ``ready(server)`` is called once it listens (port 0: any free port)."""
+def serve(
+    service: AppService,
+    host: str = LOOPBACK,
+    port: int = 8050,
+    ready: Callable | None = None,
+    extra_hosts: Iterable[str] = (),
+) -> None:
+    """Runs the app until interrupted; ``ready(server)`` is called once it listens (port 0: any free port).
+
+    It answers only requests naming the address it is bound to (:func:`allowed_hosts` of the given
+    host and of the bound address, with the bound port), and ``extra_hosts`` names on that port.
+    """
     from werkzeug.serving import make_server
 
-    server = make_server(host, port, create_app(service), threaded=True)
+    server = make_server(host, port, create_app(service, allowed_hosts=()), threaded=True)  # refuses all
+    bound_host, bound_port = server.server_address[:2]
+    hosts = allowed_hosts(host, bound_port, extra_hosts) | allowed_hosts(bound_host, bound_port)
+    server.app = create_app(service, allowed_hosts=hosts)  # before serving: the port is known only now
     if ready is not None:
         ready(server)
     try:

@@ -18,8 +18,16 @@ from dissectjax.version import __version__
 COMMAND_GROUPS = (dissect, train, surgery, analysis, report, convert, specialize, localize)
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Bad flags end in one line on stderr (``dissectjax CMD: error: ...``) and status 2, like
+    every other bad input; ``--help`` shows the usage."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dissectjax", description="Network Dissection in JAX/Flax.")
+    p = OneLineParser(prog="dissectjax", description="Network Dissection in JAX/Flax.")
     p.add_argument("--version", action="version", version=f"dissectjax {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     sub.add_parser("bench", help="throughput benchmarks (dissectjax bench --help)", add_help=False)
@@ -34,7 +42,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from dissectjax.bench import main as bench_main
 
         return bench_main(argv[1:])
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # bad flags (status 2, one line already printed), --help or --version (0)
+        return int(e.code or 0)
     if getattr(args, "deprecated", None):
         print(f"dissectjax {args.command}: deprecated: {args.deprecated}", file=sys.stderr)
     try:

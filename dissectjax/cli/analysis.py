@@ -16,7 +16,17 @@ import sys
 
 import numpy as np
 
-from dissectjax.cli.common import comma_floats, comma_ints, log_lines, progress_bars, write_table
+from dissectjax.cli.common import (
+    comma_floats,
+    comma_ints,
+    finite_float,
+    log_lines,
+    non_negative_int,
+    positive_int,
+    progress_bars,
+    seed,
+    write_table,
+)
 from dissectjax.cli.dissect import add_model_flags, model_source_from_args
 from dissectjax.errors import DissectError
 
@@ -124,8 +134,6 @@ def cmd_explain(args) -> int:
     from dissectjax.analysis.compositional import collect_masks, explain_units
     from dissectjax.dissect import dissect
 
-    if args.length < 1 or args.beam < 1:
-        raise DissectError(f"--length and --beam must be positive, got {args.length} and {args.beam}")
     source, probe, config, say, progress = _setup(args)
     result = dissect(source, probe, config, progress)[args.layer]
     say("collecting bit-packed unit and concept masks")
@@ -208,9 +216,9 @@ def _common(p) -> None:
     add_model_flags(p)
     p.add_argument("--out", required=True, help="folder for the results (a dissection's outputs there are kept)")
     p.add_argument("--layer", required=True, help="one layer, e.g. conv5")
-    p.add_argument("--quantile", type=float, default=defaults.quantile,
+    p.add_argument("--quantile", type=finite_float, default=defaults.quantile,
                    help="top quantile per unit (default: %(default)s)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=defaults.batch_size,
+    p.add_argument("--batch-size", type=positive_int, default=defaults.batch_size,
                    help="images per device and batch (default: %(default)s)")  # fmt: skip
     p.add_argument("--split", help="only rows of this index.csv split (default: all)")
     p.add_argument("--quiet", action="store_true")
@@ -221,17 +229,21 @@ def add_parsers(sub) -> None:
     _common(c)
     c.add_argument("--alphas", default="0,0.25,0.5,0.75,1", help="rotation powers in [0, 1] (default: %(default)s)")
     c.add_argument("--seeds", default="0,1,2", help="rotation seeds (default: %(default)s)")
-    c.add_argument("--directions", type=int, default=0, help="also dissect this many random unit-norm directions")
-    c.add_argument("--direction-seed", type=int, default=DIRECTION_SEED,
+    c.add_argument(
+        "--directions", type=non_negative_int, default=0, help="also dissect this many random unit-norm directions"
+    )
+    c.add_argument("--direction-seed", type=seed, default=DIRECTION_SEED,
                    help="seed of the random directions (default: %(default)s)")  # fmt: skip
     c.add_argument("--random-init", action="store_true", help="also run the same architecture at random init")
     c.set_defaults(func=cmd_chimera)
 
     e = sub.add_parser("explain", help="compositional explanations: each unit as a formula of concepts")
     _common(e)
-    e.add_argument("--length", type=int, default=3, help="concepts per formula, at most (default: %(default)s)")
-    e.add_argument("--beam", type=int, default=5, help="beam width (default: %(default)s)")
-    e.add_argument("--show", type=int, default=15, help="units printed, by gain over one concept")
+    e.add_argument(
+        "--length", type=positive_int, default=3, help="concepts per formula, at most (default: %(default)s)"
+    )
+    e.add_argument("--beam", type=positive_int, default=5, help="beam width (default: %(default)s)")
+    e.add_argument("--show", type=positive_int, default=15, help="units printed, by gain over one concept")
     e.set_defaults(func=cmd_explain)
 
     for name in ("multiunit", "probe"):  # "probe" is the old name; a probe set is the data
@@ -249,6 +261,8 @@ def _add_multiunit_flags(r) -> None:
     _common(r)
     r.add_argument("--fit-dataset", help="probe set to fit on (default: --dataset itself, in-sample)")
     r.add_argument("--k", default="1,2,4,8", help="top-k unit averages (default: %(default)s)")
-    r.add_argument("--steps", type=int, default=300, help="Adam steps per fit (default: %(default)s)")
-    r.add_argument("--pixels-per-image", type=int, default=64, help="sampled pixels per image (default: %(default)s)")
-    r.add_argument("--show", type=int, default=15, help="concepts printed")
+    r.add_argument("--steps", type=positive_int, default=300, help="Adam steps per fit (default: %(default)s)")
+    r.add_argument(
+        "--pixels-per-image", type=positive_int, default=64, help="sampled pixels per image (default: %(default)s)"
+    )
+    r.add_argument("--show", type=positive_int, default=15, help="concepts printed")

@@ -4,12 +4,14 @@ layout -> a checkpoint) and ``dissectjax prepare-tfds`` (a probe set -> an array
 from __future__ import annotations
 
 import dataclasses
+import math
 import sys
 
+from dissectjax.cli.common import finite_float, positive_int
 from dissectjax.errors import DissectError
 
 
-def _floats(text: str | None, flag: str) -> tuple[float, float, float] | None:
+def _floats(text: str | None, flag: str, positive: bool = False) -> tuple[float, float, float] | None:
     if text is None:
         return None
     try:
@@ -18,6 +20,10 @@ def _floats(text: str | None, flag: str) -> tuple[float, float, float] | None:
         values = ()
     if len(values) != 3:
         raise DissectError(f"{flag} takes three comma-separated numbers (one per channel), got {text!r}")
+    if not all(math.isfinite(x) for x in values):
+        raise DissectError(f"{flag} takes finite numbers, got {text!r}")
+    if positive and min(values) <= 0:
+        raise DissectError(f"{flag} takes positive numbers (it divides), got {text!r}")
     return values
 
 
@@ -26,13 +32,14 @@ def preprocessing_from_args(args):
     from dissectjax.convert import PRESETS
 
     prep = PRESETS[args.preset]
-    changes = {"mean": _floats(args.mean, "--mean"), "std": _floats(args.std, "--std"),
+    if args.input_size is not None and args.input_size < 1:
+        raise DissectError(f"--input-size must be a positive integer, got {args.input_size}")
+    if args.value_range is not None and not (math.isfinite(args.value_range) and args.value_range > 0):
+        raise DissectError(f"--value-range must be a positive number (1 or 255), got {args.value_range}")
+    changes = {"mean": _floats(args.mean, "--mean"), "std": _floats(args.std, "--std", positive=True),
                "value_range": args.value_range, "input_size": args.input_size,
                "bgr": {"bgr": True, "rgb": False}.get(args.channels)}  # fmt: skip
-    prep = dataclasses.replace(prep, **{k: v for k, v in changes.items() if v is not None})
-    if prep.input_size < 1 or prep.value_range <= 0 or min(prep.std) <= 0:
-        raise DissectError("--input-size, --value-range and --std must be positive")
-    return prep
+    return dataclasses.replace(prep, **{k: v for k, v in changes.items() if v is not None})
 
 
 def cmd_convert(args) -> int:
@@ -72,8 +79,8 @@ def add_parsers(sub) -> None:
     c.add_argument("--channels", choices=["rgb", "bgr"], help="override the preset's channel order")
     c.add_argument("--mean", help="override: per-channel mean in the model's channel order, e.g. 0.485,0.456,0.406")
     c.add_argument("--std", help="override: per-channel std, e.g. 0.229,0.224,0.225")
-    c.add_argument("--value-range", type=float, help="override: pixels scaled to [0, this] (1 or 255)")
-    c.add_argument("--input-size", type=int, help="override: the training input size in pixels")
+    c.add_argument("--value-range", type=finite_float, help="override: pixels scaled to [0, this] (1 or 255)")
+    c.add_argument("--input-size", type=positive_int, help="override: the training input size in pixels")
     c.set_defaults(func=cmd_convert)
 
     t = sub.add_parser("prepare-tfds", help="write a probe set as a TFDS dataset (array_record, no TensorFlow)")

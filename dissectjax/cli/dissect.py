@@ -7,9 +7,18 @@ import os
 import time
 from collections import Counter
 
-from dissectjax.cli.common import comma_list, log_lines, progress_bars, table
+from dissectjax.cli.common import (
+    comma_list,
+    finite_float,
+    log_lines,
+    non_negative_int,
+    positive_int,
+    progress_bars,
+    seed,
+    table,
+)
 from dissectjax.data.open import PROBE_SIZE, open_probe
-from dissectjax.dissect.config import STRATEGIES, DissectConfig
+from dissectjax.dissect.config import DETECTOR_RULES, STRATEGIES, DissectConfig
 from dissectjax.dissect.demo import DEMO_BATCH, DEMO_LAYERS, run_demo
 from dissectjax.dissect.result import LayerResult
 from dissectjax.dissect.run import run_dissection
@@ -23,17 +32,25 @@ DEFAULTS = DissectConfig()
 
 
 def format_table(results: dict[str, LayerResult]) -> str:
-    """A short per-layer table: units, detectors, unique detectors per category, top labels."""
+    """A short per-layer table: units, detectors (with the comparison used), unique detectors per
+    category as ``best label/tables``, each rule's total, top labels.
+
+    Unique detectors under the best-label rule (NetDissect-Lite: distinct labels among detectors)
+    and the NetDissect-tables rule (CVPR 2017: per category, distinct best labels of that category
+    whose IoU passes; summed), docs/ARCHITECTURE.md, Semantics 5.
+    """
     first = next(iter(results.values()))
     cats = list(first.concepts.categories)
-    head = ["layer", "units", "detectors"] + [f"uniq:{c}" for c in cats] + ["uniq", "top labels"]
+    detectors = f"detectors (IoU {first.detector_rule} {first.iou_threshold})"
+    head = ["layer", "units", detectors, *(f"uniq:{c}" for c in cats), "uniq:best-label", "uniq:tables", "top labels"]
     rows = []
     for name, r in results.items():
         labels = [r.concepts.names[c] for c in r.labels.label[r.labels.detector]]
         top = ", ".join(f"{n} ({k})" for n, k in Counter(labels).most_common(4))
-        counts = [str(r.unique[c]) for c in cats]
-        rows.append([name, str(r.units), str(r.detectors), *counts, str(r.unique["total"]), top or "-"])
-    return table(head, rows)
+        counts = [f"{r.unique[c]}/{r.unique_tables[c]}" for c in cats]
+        rows.append([name, str(r.units), str(r.detectors), *counts, str(r.unique["total"]),
+                     str(r.unique_tables["total"]), top or "-"])  # fmt: skip
+    return table(head, rows) + "\nuniq:<category> = best-label rule/NetDissect-tables rule"
 
 
 def model_source_from_args(args, dataset):
@@ -61,7 +78,8 @@ def cmd_dissect(args) -> int:
 
     main_process = jax.process_index() == 0
     progress, say = progress_bars(not args.quiet and main_process), log_lines(args.quiet or not main_process)
-    config = DissectConfig(args.quantile, args.iou_threshold, not args.no_condition, args.batch_size, args.strategy)
+    config = DissectConfig(args.quantile, args.iou_threshold, not args.no_condition, args.batch_size, args.strategy,
+                           detector_rule=args.detector_rule)  # fmt: skip
     if args.skip_missing and args.activations:
         raise DissectError(
             "--skip-missing would misalign --activations rows with index.csv rows; fix the files instead"
@@ -73,7 +91,7 @@ def cmd_dissect(args) -> int:
             raise DissectError(
                 "--activations dissects a stored array; do not combine it with --model/--checkpoint/--layers"
             )
-        source = ArraySource.from_npy(args.activations, len(dataset))
+        source = ArraySource.from_npy(args.activations, len(dataset), args.layout, dataset.shapes[:, 2:])
         model_name = f"activations:{os.path.abspath(args.activations)}"
     else:
         source, model_name = model_source_from_args(args, dataset)
@@ -98,7 +116,8 @@ def cmd_demo(args) -> int:
     all_results, dataset_name = run_demo(args.out, args.checkpoint, args.images, args.batch_size, progress, say)
     config = DissectConfig()
     for tag, results in all_results.items():
-        print(f"\n{tag} network on {dataset_name} (quantile {config.quantile}, IoU >= {config.iou_threshold})")
+        print(f"\n{tag} network on {dataset_name} (quantile {config.quantile}, "
+              f"IoU {config.detector_rule} {config.iou_threshold})")  # fmt: skip
         print(format_table(results))
     last = DEMO_LAYERS[-1]
     t, r = all_results["trained"][last], all_results["random"][last]
@@ -116,16 +135,16 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", required=True, help=DATASET_HELP)
     p.add_argument("--checkpoint", help="checkpoint directory written by 'dissectjax train' or 'convert'")
     p.add_argument("--model", help="registered model name (random init without --checkpoint)")
-    p.add_argument("--seed", type=int, default=0, help="initialization seed for --model without --checkpoint")
+    p.add_argument("--seed", type=seed, default=0, help="initialization seed for --model without --checkpoint")
 
 
 def add_parsers(sub) -> None:
     d = sub.add_parser("demo", help="dissect the committed scene classifier and a random-init twin")
     d.add_argument("--out", default="dissectjax-demo", help="output directory (default: %(default)s)")
-    d.add_argument("--images", type=int, default=PROBE_SIZE, help="probe images (default: %(default)s)")
+    d.add_argument("--images", type=positive_int, default=PROBE_SIZE, help="probe images (default: %(default)s)")
     d.add_argument("--checkpoint", help="checkpoint directory (default: checkpoints/scenenet)")
     d.add_argument(
-        "--batch-size", type=int, default=DEMO_BATCH, help="images per device and batch (default: %(default)s)"
+        "--batch-size", type=positive_int, default=DEMO_BATCH, help="images per device and batch (default: %(default)s)"
     )
     d.add_argument("--quiet", action="store_true", help="no progress bars or log lines")
     d.set_defaults(func=cmd_demo)
@@ -135,12 +154,17 @@ def add_parsers(sub) -> None:
     s.add_argument("--out", required=True, help="output directory (replaced if it holds an earlier result)")
     s.add_argument("--layers", help="comma-separated layer names, e.g. conv4,conv5")
     s.add_argument("--activations", help="precomputed activations [N, U, h, w] .npy (row i = index.csv row i)")
+    s.add_argument("--layout", choices=["nchw", "nhwc"], default="nchw",
+                   help="axes of --activations: nchw [N, U, h, w] (default) or nhwc [N, h, w, U]")  # fmt: skip
     s.add_argument(
-        "--quantile", type=float, default=DEFAULTS.quantile, help="top quantile per unit (default: %(default)s)"
+        "--quantile", type=finite_float, default=DEFAULTS.quantile, help="top quantile per unit (default: %(default)s)"
     )
-    s.add_argument("--iou-threshold", type=float, default=DEFAULTS.iou_threshold,
+    s.add_argument("--iou-threshold", type=finite_float, default=DEFAULTS.iou_threshold,
                    help="detector IoU threshold (default: %(default)s)")  # fmt: skip
-    s.add_argument("--batch-size", type=int, default=DEFAULTS.batch_size,
+    s.add_argument("--detector-rule", choices=DETECTOR_RULES, default=DEFAULTS.detector_rule,
+                   help="a detector's IoU is >= or > the threshold; '>' is NetDissect's, for its published "
+                        "figures (default: '%(default)s')")  # fmt: skip
+    s.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size,
                    help="images per device and batch (default: %(default)s)")  # fmt: skip
     s.add_argument("--no-condition", action="store_true", help="count unit area in all images, not only labelled ones")
     s.add_argument("--split", help="only rows of this index.csv split, e.g. train or val (default: all)")
@@ -154,11 +178,11 @@ def add_parsers(sub) -> None:
                    help="tally kernels (default: dense on GPU/TPU, sparse on CPU); identical counts")  # fmt: skip
     s.add_argument("--no-resume", action="store_true",
                    help="start afresh: do not save or reuse the state of an interrupted run")  # fmt: skip
-    s.add_argument("--save-every", type=float, default=60.0, metavar="SECONDS",
+    s.add_argument("--save-every", type=finite_float, default=60.0, metavar="SECONDS",
                    help="save the state for resuming this often (default: %(default)s)")  # fmt: skip
     s.add_argument("--no-report", action="store_true", help="skip top_images.npz and report.html")
     s.add_argument("--coordinator", help="multi-host: address:port of process 0 (jax.distributed)")
-    s.add_argument("--num-processes", type=int, help="multi-host: number of processes")
-    s.add_argument("--process-id", type=int, help="multi-host: this process's index")
+    s.add_argument("--num-processes", type=positive_int, help="multi-host: number of processes")
+    s.add_argument("--process-id", type=non_negative_int, help="multi-host: this process's index")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_dissect)

@@ -12,8 +12,18 @@ import sys
 import numpy as np
 
 from dissectjax.analysis.localize.modularity import ROTATION_SEEDS
-from dissectjax.cli.common import comma_list, log_lines, progress_bars, table, write_table
+from dissectjax.cli.common import (
+    comma_list,
+    finite_float,
+    log_lines,
+    positive_int,
+    progress_bars,
+    seed,
+    table,
+    write_table,
+)
 from dissectjax.data.splits import SCENE_SPLITS
+from dissectjax.dissect.config import DissectConfig
 from dissectjax.errors import DissectError
 
 
@@ -137,14 +147,19 @@ def add_parsers(sub) -> None:
     m.add_argument("--concepts", help="target concepts (default: those the variants were trained for)")
     m.add_argument("--probe", default="synthetic", help="dissection probe set (default: %(default)s)")
     m.add_argument(
-        "--held", type=int, default=1000, help="held-out scenes for accuracy and ablation (default: %(default)s)"
+        "--held",
+        type=positive_int,
+        default=1000,
+        help="held-out scenes for accuracy and ablation (default: %(default)s)",
     )
-    m.add_argument("--held-seed", type=int, default=SCENE_SPLITS["eval"],
+    m.add_argument("--held-seed", type=seed, default=SCENE_SPLITS["eval"],
                    help="their seed (default: the eval split's, %(default)s)")  # fmt: skip
-    m.add_argument("--seed", type=int, default=0, help="seed of the random rotation control (default: %(default)s)")
-    m.add_argument("--quantile", type=float, default=0.005)
-    m.add_argument("--iou-threshold", type=float, default=0.04)
-    m.add_argument("--batch-size", type=int, default=100)
+    m.add_argument("--seed", type=seed, default=0, help="seed of the random rotation control (default: %(default)s)")
+    m.add_argument("--quantile", type=finite_float, default=DissectConfig.quantile,
+                   help="top quantile per unit (default: %(default)s)")  # fmt: skip
+    m.add_argument("--iou-threshold", type=finite_float, default=DissectConfig.iou_threshold,
+                   help="detector IoU threshold (default: %(default)s)")  # fmt: skip
+    m.add_argument("--batch-size", type=positive_int, default=100)
     m.add_argument("--no-transplant", action="store_true", help="skip moving the target units into the baseline")
     m.add_argument("--quiet", action="store_true")
     m.set_defaults(func=cmd_modularity)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 
 from dissectjax.app.server import LOOPBACK
-from dissectjax.cli.common import positive
+from dissectjax.cli.common import positive, positive_int
 from dissectjax.errors import DissectError
 
 
@@ -48,7 +48,9 @@ def add_parsers(sub) -> None:
     s.add_argument("--checkpoint", help="the classifier to ablate live (default: the dissection's checkpoint)")
     s.add_argument("--no-model", action="store_true", help="browse the results only; no live ablation")
     s.add_argument("--stats", help="per-class unit statistics (stats.npz from `dissectjax specialize`)")
-    s.add_argument("--images", type=int, default=1000, help="held-out images for ablation (default: %(default)s)")
+    s.add_argument(
+        "--images", type=positive_int, default=1000, help="held-out images for ablation (default: %(default)s)"
+    )
     s.add_argument("--host", default=LOOPBACK, help="address to bind (default: %(default)s, this machine only)")
     s.add_argument("--port", type=int, default=8050, help="port (default: %(default)s; 0 picks a free one)")
     s.set_defaults(func=cmd_serve)

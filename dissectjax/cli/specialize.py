@@ -14,7 +14,16 @@ from __future__ import annotations
 import os
 import sys
 
-from dissectjax.cli.common import comma_list, log_lines, progress_bars, write_table
+from dissectjax.cli.common import (
+    comma_list,
+    finite_float,
+    log_lines,
+    non_negative_int,
+    positive_int,
+    progress_bars,
+    seed,
+    write_table,
+)
 from dissectjax.errors import DissectError
 
 
@@ -155,16 +164,20 @@ def add_parsers(sub) -> None:
     s.add_argument("--out", required=True, help="output folder")
     s.add_argument("--data", default="styled", help="styled (generated), sklearn (bundled) or mnist (TFDS data_dir)")
     s.add_argument("--data-dir", help="TFDS data_dir holding a prepared MNIST (for --data mnist)")
-    s.add_argument("--crossed", type=float, help="styled: share of 7s drawn crossed (default 0.3)")
+    s.add_argument("--crossed", type=finite_float, help="styled: share of 7s drawn crossed (default 0.3)")
     s.add_argument("--layers", default="conv2,fc1,fc2", help="layers to gather statistics on (default: %(default)s)")
-    s.add_argument("--train-size", type=int, default=12000, help="styled digits to train on (default: %(default)s)")
-    s.add_argument("--epochs", type=int, default=6)
-    s.add_argument("--batch-size", type=int, default=64)
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument(
+        "--train-size", type=positive_int, default=12000, help="styled digits to train on (default: %(default)s)"
+    )
+    s.add_argument("--epochs", type=positive_int, default=6)
+    s.add_argument("--batch-size", type=positive_int, default=64)
+    s.add_argument("--seed", type=seed, default=0)
     s.add_argument("--checkpoint", help="a trained LeNet-5 checkpoint (with --stats) instead of training")
     s.add_argument("--stats", help="stats.npz written by an earlier run")
-    s.add_argument("--images", type=int, default=3000, help="digits for the views when loading (default: %(default)s)")
-    s.add_argument("--class", dest="target_class", type=int, help="only anomalies of this class (e.g. 7)")
-    s.add_argument("--top", type=int, default=8, help="anomalous units shown per layer (default: %(default)s)")
+    s.add_argument(
+        "--images", type=positive_int, default=3000, help="digits for the views when loading (default: %(default)s)"
+    )
+    s.add_argument("--class", dest="target_class", type=non_negative_int, help="only anomalies of this class (e.g. 7)")
+    s.add_argument("--top", type=positive_int, default=8, help="anomalous units shown per layer (default: %(default)s)")
     s.add_argument("--quiet", action="store_true")
     s.set_defaults(func=cmd_specialize)

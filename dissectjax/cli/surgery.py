@@ -12,7 +12,7 @@ import sys
 
 import numpy as np
 
-from dissectjax.cli.common import comma_ints, positive, table, write_table
+from dissectjax.cli.common import comma_ints, positive, positive_int, table, write_table
 from dissectjax.errors import DissectError
 
 
@@ -248,10 +248,14 @@ def add_parsers(sub) -> None:
         metavar="CLASS",
         help="ablate the units most damaging to CLASS (ranked on the rank split, measured on the eval split)",
     )
-    a.add_argument("--count", type=int, default=10, help="how many units with --top-for-class (default: %(default)s)")
+    a.add_argument(
+        "--count", type=positive_int, default=10, help="how many units with --top-for-class (default: %(default)s)"
+    )
     a.add_argument("--single-unit", action="store_true", help="ablate every unit alone; write the damage per class")
     a.add_argument("--mode", choices=["zero", "mean"], default="zero", help="zero the units or set them to their mean")
-    a.add_argument("--images", type=int, default=1000, help="synthetic scenes to measure on (default: %(default)s)")
+    a.add_argument(
+        "--images", type=positive_int, default=1000, help="synthetic scenes to measure on (default: %(default)s)"
+    )
     a.add_argument("--out", help="directory for CSV/JSON results")
     a.set_defaults(func=cmd_ablate)
 
@@ -259,7 +263,7 @@ def add_parsers(sub) -> None:
     m.add_argument("--a", required=True, help="checkpoint of instance A")
     m.add_argument("--b", required=True, help="checkpoint of instance B")
     m.add_argument("--layer", required=True)
-    m.add_argument("--images", type=int, default=500)
+    m.add_argument("--images", type=positive_int, default=500)
     m.add_argument("--out", help="directory for CSV/JSON results")
     m.set_defaults(func=cmd_match)
 
@@ -271,6 +275,8 @@ def add_parsers(sub) -> None:
     t.add_argument("--slots", help="comma-separated target slots, one per unit")
     t.add_argument("--matched", action="store_true", help="put each unit into its matched slot in the target")
     t.add_argument("--outgoing", action="store_true", help="also copy the weights that read the units")
-    t.add_argument("--images", type=int, default=500, help="scenes for matching and accuracy (default: %(default)s)")
+    t.add_argument(
+        "--images", type=positive_int, default=500, help="scenes for matching and accuracy (default: %(default)s)"
+    )
     t.add_argument("--out", required=True, help="checkpoint directory to write")
     t.set_defaults(func=cmd_transplant)

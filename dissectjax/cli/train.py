@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from dissectjax.cli.common import comma_list, log_lines
+from dissectjax.cli.common import comma_list, finite_float, log_lines, positive_int, seed
 from dissectjax.errors import DissectError
 from dissectjax.train.scenes import SCENE_TRAINING, SceneData
 
@@ -21,12 +21,16 @@ def add_recipe_flags(parser: argparse.ArgumentParser) -> None:
         "--localize-layer", default="conv5", help="layer whose units get the concepts (default: %(default)s)"
     )
     g.add_argument("--concepts", help="target concepts, comma-separated, e.g. triangle,star,crown,wheel")
-    g.add_argument("--concept-weight", type=float, default=0.0,
+    g.add_argument("--concept-weight", type=finite_float, default=0.0,
                    help="strength of the per-pixel concept supervision of units 0..K-1 (e.g. 0.5)")  # fmt: skip
-    g.add_argument("--l1", type=float, default=0.0, help="strength of L1 on the layer's activations (e.g. 0.05)")
-    g.add_argument("--selectivity", type=float, default=0.0, help="strength of the class-selectivity regularizer")
+    g.add_argument("--l1", type=finite_float, default=0.0, help="strength of L1 on the layer's activations (e.g. 0.05)")
+    g.add_argument(
+        "--selectivity", type=finite_float, default=0.0, help="strength of the class-selectivity regularizer"
+    )
     g.add_argument("--whiten", action="store_true", help="replace the layer's BatchNorm by concept whitening")
-    g.add_argument("--align", type=float, default=0.0, help="concept whitening: strength of aligning axes 0..K-1")
+    g.add_argument(
+        "--align", type=finite_float, default=0.0, help="concept whitening: strength of aligning axes 0..K-1"
+    )
 
 
 def recipe_from_args(args):
@@ -72,11 +76,11 @@ def add_parsers(sub) -> None:
     t = sub.add_parser("train", help="train a scene classifier on synthetic scenes and save a checkpoint")
     t.add_argument("--out", required=True, help="checkpoint directory to create")
     t.add_argument("--model", default="scenenet")
-    t.add_argument("--seed", type=int, default=SCENE_TRAINING.seed)
-    t.add_argument("--epochs", type=int, default=SCENE_TRAINING.epochs)
-    t.add_argument("--train-size", type=int, default=SceneData.train_size)
-    t.add_argument("--batch-size", type=int, default=SCENE_TRAINING.batch_size)
-    t.add_argument("--learning-rate", type=float, default=SCENE_TRAINING.learning_rate)
+    t.add_argument("--seed", type=seed, default=SCENE_TRAINING.seed)
+    t.add_argument("--epochs", type=positive_int, default=SCENE_TRAINING.epochs)
+    t.add_argument("--train-size", type=positive_int, default=SceneData.train_size)
+    t.add_argument("--batch-size", type=positive_int, default=SCENE_TRAINING.batch_size)
+    t.add_argument("--learning-rate", type=finite_float, default=SCENE_TRAINING.learning_rate)
     t.add_argument("--quiet", action="store_true")
     add_recipe_flags(t)
     t.set_defaults(func=cmd_train)

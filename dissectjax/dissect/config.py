@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 
 from dissectjax.errors import DissectError
+from dissectjax.stats.labels import DETECTOR_RULES
 from dissectjax.stats.tally import STRATEGIES
 
 
@@ -18,7 +19,9 @@ class DissectConfig:
     condition: count unit area only in images where the category has labels;
     batch_size: images per device (the global batch is batch_size x device count);
     strategy: tally kernels, one of ``STRATEGIES`` (None: chosen by backend, same counts);
-    top_k: images kept per unit, those of highest maximum activation (0: none)."""
+    top_k: images kept per unit, those of highest maximum activation (0: none);
+    detector_rule: how a label's IoU is compared with iou_threshold, one of ``DETECTOR_RULES``:
+      ">=" (the default) or ">" (NetDissect's)."""
 
     quantile: float = 0.005
     iou_threshold: float = 0.04
@@ -26,6 +29,7 @@ class DissectConfig:
     batch_size: int = 64
     strategy: str | None = None
     top_k: int = 8
+    detector_rule: str = DETECTOR_RULES[0]
 
     def __post_init__(self):
         if not 0.0 < self.quantile < 1.0:
@@ -38,3 +42,6 @@ class DissectConfig:
             raise DissectError(f"top_k must be 0 or more, got {self.top_k}")
         if self.strategy not in (None, *STRATEGIES):
             raise DissectError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
+        if self.detector_rule not in DETECTOR_RULES:
+            raise DissectError(f"detector_rule must be one of {', '.join(map(repr, DETECTOR_RULES))}, "
+                               f"got {self.detector_rule!r}")  # fmt: skip

@@ -30,9 +30,16 @@ from dissectjax.dissect.resume import ResumeFile, flatten, restore_select, selec
 from dissectjax.dissect.top_images import TopImages
 from dissectjax.errors import DissectError
 from dissectjax.parallel import DataParallel, to_host
-from dissectjax.stats.labels import iou, label_units, unique_detectors
+from dissectjax.stats.labels import iou, label_units, unique_detectors, unique_detectors_tables
 from dissectjax.stats.quantile import RadixSelect
 from dissectjax.stats.tally import Counts, LabelBatch, default_strategy
+
+
+def per_device_batch(config: DissectConfig, images: int) -> int:
+    """Rows per device and batch: ``config.batch_size``, or the probe set's size where that is
+    smaller (batches are padded to full size, so a huge batch_size would only allocate
+    padding). Independent of the device count, so every mesh runs the same per-device program."""
+    return max(1, min(config.batch_size, images))
 
 
 class Passes:
@@ -56,7 +63,7 @@ class Passes:
         self.source, self.probe, self.config = source, probe, config
         self.progress = progress if self.parallel.is_main else no_progress
         self.resume = resume
-        self.plan = batch_plan(probe, self.parallel.global_batch_size(config.batch_size))
+        self.plan = batch_plan(probe, self.parallel.global_batch_size(per_device_batch(config, len(probe))))
         self.layers = list(source.layers)
         self.select = {name: RadixSelect(source.units[name], config.quantile) for name in self.layers}
         self.kernels = kernels(self.parallel)
@@ -157,6 +164,9 @@ class Passes:
                     self.top[name].add(to_host(self.kernels.image_max(acts[name])), self.plan[i], gather)
             tops = {f"{name}/top": self.top[name] for name in self.layers}
             self._maybe_save(functools.partial(self._state, "tally", i + 1, {**acc, **tops}))
+        tops = {f"{name}/top": self.top[name] for name in self.layers}
+        # the finished tally is saved: a failure while writing the results reruns from here
+        self._maybe_save(functools.partial(self._state, "tally", len(self.plan), {**acc, **tops}), force=True)
         return {name: Counts(*acc[name].flush()) for name in self.layers}
 
 
@@ -197,9 +207,10 @@ def _layer_result(
     images: int,
     seconds: float,
 ) -> LayerResult:
-    """IoU, labels and detectors from one layer's counts."""
+    """IoU, labels, detectors and unique detectors (both rules) from one layer's counts."""
     table = iou(counts.intersection, counts.unit_area, counts.concept_area, concepts.category)
-    labels = label_units(table, concepts.category, concepts.num_categories, config.iou_threshold)
+    labels = label_units(table, concepts.category, concepts.num_categories, config.iou_threshold, config.detector_rule)
+    categories = list(concepts.categories)
     return LayerResult(
         name=name,
         concepts=concepts,
@@ -209,9 +220,11 @@ def _layer_result(
         concept_area=counts.concept_area,
         iou=table,
         labels=labels,
-        unique=unique_detectors(labels, concepts.category, list(concepts.categories)),
+        unique=unique_detectors(labels, concepts.category, categories),
+        unique_tables=unique_detectors_tables(table, labels, categories, config.iou_threshold, config.detector_rule),
         quantile=config.quantile,
         iou_threshold=config.iou_threshold,
+        detector_rule=config.detector_rule,
         condition=config.condition,
         images=images,
         seconds=seconds,

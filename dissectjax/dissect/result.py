@@ -22,9 +22,11 @@ class LayerResult:
     concept_area: np.ndarray  # int64 [C]
     iou: np.ndarray  # float64 [U, C]
     labels: UnitLabels
-    unique: dict[str, int]
+    unique: dict[str, int]  # unique detectors, best-label rule: {category: n, ..., 'total': sum}
+    unique_tables: dict[str, int]  # unique detectors, NetDissect-tables rule (same shape)
     quantile: float
     iou_threshold: float
+    detector_rule: str  # '>=' or '>': how a score is compared with iou_threshold
     condition: bool
     images: int
     seconds: float

@@ -11,10 +11,12 @@ import json
 import os
 import tempfile
 import time
+import zipfile
 
 import jax
 import numpy as np
 
+from dissectjax.errors import DissectError
 from dissectjax.stats.quantile import RadixSelect
 
 _SELECT_ARRAYS = ("prefix", "above", "resolved", "threshold_keys")
@@ -36,22 +38,33 @@ class ResumeFile:
         """The saved state, or None when there is none or another run saved it."""
         if not os.path.isfile(self.path):
             return None
-        with np.load(self.path, allow_pickle=False) as f:
-            state = {k: f[k] for k in f.files}
-        if str(state.pop("fingerprint")) != self.fingerprint:
+        try:
+            with np.load(self.path, allow_pickle=False) as f:
+                state = {k: f[k] for k in f.files}
+            fingerprint = str(state.pop("fingerprint"))
+        except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+            return None  # damaged (e.g. a disk that filled up): start afresh; it is replaced at the next save
+        if fingerprint != self.fingerprint:
             return None  # saved by a different run: start afresh
         return state
 
     def save(self, state: dict) -> None:
         directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".resume-", suffix=".npz", dir=directory)
+        tmp = None
         try:
+            os.makedirs(directory, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(prefix=".resume-", suffix=".npz", dir=directory)
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, fingerprint=np.array(self.fingerprint), **state)
             os.replace(tmp, self.path)
+        except OSError as e:
+            if tmp and os.path.exists(tmp):
+                os.remove(tmp)
+            kept = " (the state saved before is kept there)" if os.path.exists(self.path) else ""
+            raise DissectError(f"could not save the state for resuming to {self.path}: {e.strerror or e}{kept}; "
+                               "make room and run the same command again") from None  # fmt: skip
         except BaseException:
-            if os.path.exists(tmp):
+            if tmp and os.path.exists(tmp):
                 os.remove(tmp)
             raise
         self._last = time.monotonic()

@@ -12,29 +12,41 @@ import dataclasses
 import os
 
 from dissectjax.dissect.config import DissectConfig
-from dissectjax.dissect.driver import dissect
+from dissectjax.dissect.driver import dissect, per_device_batch
 from dissectjax.dissect.protocols import ProbeDataset, Progress, Say, Source, no_progress, silent
 from dissectjax.dissect.result import LayerResult
 from dissectjax.dissect.resume import ResumeFile
+from dissectjax.errors import DissectError
+from dissectjax.output_dir import atomic_directory, check_output_path, writing_errors
 from dissectjax.parallel import DataParallel
 from dissectjax.report import write_report
-from dissectjax.results import atomic_directory, check_output_path, write_results, write_top_images
+from dissectjax.results import write_results, write_top_images
 
 INPUT_KEYS = ("dataset", "checkpoint", "activations")  # the entries of ``info`` that name input files
+LABELLING_FIELDS = ("iou_threshold", "detector_rule")  # DissectConfig fields that do not change the counts
+
+
+def input_paths(info: dict) -> list[str]:
+    """The files and directories named in ``info`` that the run reads."""
+    return [info[key] for key in INPUT_KEYS if info.get(key) and os.path.exists(info[key])]
 
 
 def input_stamps(info: dict) -> dict[str, list[int]]:
-    """[size, mtime_ns] of every input file named in ``info`` (a dataset's ``.csv`` tables,
-    every file of a checkpoint, an activations file): a resumed run must read the same data."""
+    """[size, mtime_ns] of every input file named in ``info``: every file below a dataset's
+    or a checkpoint's directory (tables, images, label maps, arrays) and an activations
+    file. A resumed run must read the same data; a changed file starts it afresh."""
     paths = []
-    for key in INPUT_KEYS:
-        where = info.get(key)
-        if where and os.path.isdir(where):  # a dataset's tables, or every file of a checkpoint
+    for where in input_paths(info):
+        if os.path.isdir(where):
             for folder, _, files in os.walk(where):
-                paths += [os.path.join(folder, f) for f in files if key == "checkpoint" or f.endswith(".csv")]
-        elif where and os.path.isfile(where):
+                paths += [os.path.join(folder, f) for f in files]
+        else:
             paths.append(where)
-    return {p: [os.stat(p).st_size, os.stat(p).st_mtime_ns] for p in sorted(paths)}
+    stamps = {}
+    for path in sorted(paths):
+        st = os.stat(path)
+        stamps[path] = [st.st_size, st.st_mtime_ns]
+    return stamps
 
 
 def resume_path(out: str) -> str:
@@ -50,10 +62,11 @@ def run_fingerprint(
     return {
         **info,
         "layers": list(source.layers),
-        "config": dataclasses.asdict(config),
+        # the labelling rules (IoU threshold, comparison) act after the counts: a rerun with others resumes
+        "config": {k: v for k, v in dataclasses.asdict(config).items() if k not in LABELLING_FIELDS},
         "images": len(probe),
         "inputs": input_stamps(info),
-        "global_batch": parallel.global_batch_size(config.batch_size),
+        "global_batch": parallel.global_batch_size(per_device_batch(config, len(probe))),
     }
 
 
@@ -78,7 +91,8 @@ def run_dissection(
     ``report.html``.
     """
     parallel = DataParallel.create()
-    check_output_path(out)
+    inputs = input_paths(info)
+    check_output_path(out, inputs)
     resume_file = None
     if resume:
         path = resume_path(out)
@@ -87,22 +101,31 @@ def run_dissection(
             say(f"resuming from {path}")
     if not parallel.is_main:
         return dissect(source, probe, config, progress, parallel, resume_file)
-    with atomic_directory(out) as tmp:
-        results = dissect(source, probe, config, progress, parallel, resume_file)
-        write_results(tmp, results, info)
-        if report:
-            write_report_files(tmp, results, probe, say)
+    with atomic_directory(out, inputs) as tmp:  # made first: an unwritable --out fails before any computation
+        try:
+            results = dissect(source, probe, config, progress, parallel, resume_file)
+        except KeyboardInterrupt:
+            if resume_file is not None and os.path.exists(resume_file.path):
+                say(f"interrupted: the state saved at the last checkpoint is in {resume_file.path}; "
+                    "run the same command again to resume from it")  # fmt: skip
+            raise
+        try:
+            with writing_errors(out):
+                write_results(tmp, results, info)
+                if report:
+                    write_report_files(tmp, results, probe)
+        except DissectError as e:
+            if resume_file is not None and os.path.exists(resume_file.path):
+                raise DissectError(f"{e}; the finished counts are kept in {resume_file.path}: make room and run "
+                                   "the same command again to write them") from None  # fmt: skip
+            raise
     if resume_file is not None:
         resume_file.remove()
     say(f"wrote {out}")
     return results
 
 
-def write_report_files(directory: str, results: dict[str, LayerResult], probe: ProbeDataset, say: Say = silent) -> None:
-    """The top images and the HTML report; a failure here is reported, never fatal (the counts are written)."""
-    try:
-        write_top_images(os.path.join(directory, "top_images.npz"), results, probe)
-        write_report(directory)
-    except Exception as e:  # the dissection itself succeeded: keep it
-        say(f"warning: the report could not be written ({type(e).__name__}: {e}); "
-            "the results are complete; run `dissectjax report DIR` to retry")  # fmt: skip
+def write_report_files(directory: str, results: dict[str, LayerResult], probe: ProbeDataset) -> None:
+    """The top images and the HTML report, complete before the directory is committed."""
+    write_top_images(os.path.join(directory, "top_images.npz"), results, probe)
+    write_report(directory)

@@ -15,6 +15,8 @@ from dissectjax.report.plots import detectors_per_category
 from dissectjax.report.views import LayerView
 from dissectjax.results import write_atomic
 
+SYMBOLS = {">=": "≥", ">": ">"}  # how a detector rule reads in the report
+
 SCRIPT = """
 const $ = (id) => document.getElementById(id);
 const order = {
@@ -77,7 +79,10 @@ def render(dissection: Dissection) -> tuple[str, dict[str, bytes]]:
     intro = (
         f"<h1>Network dissection: {h.esc(s.get('model', '?'))}</h1>"
         f"<p>probe set {h.esc(s.get('dataset', '?'))}, {first.images} images; top quantile {first.quantile}, "
-        f"detector if IoU ≥ {first.iou_threshold}. Each card shows the unit's top images; outside its mask they are "
+        f"detector if IoU {SYMBOLS[first.detector_rule]} {first.iou_threshold}. Unique detectors are counted under "
+        f"two rules: the best-label rule (NetDissect-Lite: distinct labels among detectors) and the NetDissect-tables "
+        f"rule (CVPR 2017: per category, the distinct best concepts of that category whose IoU passes, summed). "
+        f"Each card shows the unit's top images; outside its mask they are "
         f"dimmed, and the mask's edge is outlined. Cards of units that are not detectors are grey.</p>"
         f'<img class="plot" alt="detectors per category per layer" src="{uri}">'
     )

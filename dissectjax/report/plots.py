@@ -8,7 +8,8 @@ from dissectjax.report.dissection import Dissection
 
 
 def detectors_per_category(dissection: Dissection):
-    """A grouped bar chart: per layer, the detectors and unique detectors of each category."""
+    """Grouped bar charts: per layer and category, the detectors and the unique detectors under
+    each rule (best label, NetDissect tables)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -16,15 +17,19 @@ def detectors_per_category(dissection: Dissection):
 
     layers = list(dissection.layers)
     categories = list(dissection.concepts.categories)
-    fig, axes = plt.subplots(1, 2, figsize=(max(6, 1.3 * len(layers) + 3) * 2, 3.6), constrained_layout=True)
+    panels = (("detectors per category", _detectors),
+              ("unique detectors per category: best-label rule", _unique("unique")),
+              ("unique detectors per category: NetDissect-tables rule", _unique("unique_tables")))  # fmt: skip
+    fig, axes = plt.subplots(1, len(panels), figsize=(max(6, 1.3 * len(layers) + 3) * len(panels), 3.6),
+                             constrained_layout=True)  # fmt: skip
     x = np.arange(len(layers))
     width = 0.8 / max(len(categories), 1)
-    for ax, (title, values) in zip(axes, (("detectors", _detectors), ("unique detectors", _unique))):
+    for ax, (title, values) in zip(axes, panels):
         for k, category in enumerate(categories):
             ax.bar(x + (k - (len(categories) - 1) / 2) * width, [values(dissection, n, k) for n in layers], width,
                    label=category)  # fmt: skip
         ax.set_xticks(x, layers)
-        ax.set_title(f"{title} per category")
+        ax.set_title(title)
     axes[0].legend(fontsize=8, ncols=2)
     return fig
 
@@ -34,5 +39,6 @@ def _detectors(dissection: Dissection, layer: str, k: int) -> int:
     return int(np.sum(r.labels.detector & (r.concepts.category[r.labels.label] == k)))
 
 
-def _unique(dissection: Dissection, layer: str, k: int) -> int:
-    return dissection.layer(layer).unique[dissection.concepts.categories[k]]
+def _unique(field: str):
+    """(dissection, layer, k) -> the layer's unique detectors of category k under the rule in ``field``."""
+    return lambda dissection, layer, k: getattr(dissection.layer(layer), field)[dissection.concepts.categories[k]]

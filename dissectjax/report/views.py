@@ -12,12 +12,26 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from dissectjax.dissect.result import LayerResult
 from dissectjax.report import html as h
 from dissectjax.report.dissection import Dissection
 
 
 def _round(x: float) -> float:
     return round(float(x), 6)
+
+
+UNIQUE_RULES = (("best-label rule", "unique"), ("NetDissect-tables rule", "unique_tables"))  # (name, LayerResult field)
+
+
+def unique_summary(r: LayerResult) -> str:
+    """'unique detectors: best-label rule 11 (object 7, part 4); NetDissect-tables rule 13 (...)'."""
+    parts = []
+    for name, field in UNIQUE_RULES:
+        counts = getattr(r, field)
+        per = ", ".join(f"{k} {n}" for k, n in counts.items() if k != "total" and n)
+        parts.append(f"{name} {counts['total']}" + (f" ({per})" if per else ""))
+    return "unique detectors: " + "; ".join(parts)
 
 
 @dataclasses.dataclass
@@ -55,6 +69,8 @@ class LayerView:
             "units": r.units,
             "detectors": r.detectors,
             "unique_detectors": r.unique,
+            "unique_detectors_tables": r.unique_tables,
+            "detector_rule": r.detector_rule,
             "header": self.header(),
             "concepts": {k: [{"concept": c, "detectors": n} for c, n in v] for k, v in self.concept_counts().items()},
             "unit_labels": [{**u, "iou": _round(u["iou"])} for u in self.units()],
@@ -67,7 +83,9 @@ class LayerView:
         )
         return (
             f'<section class="layer" id="layer-{h.esc(self.layer)}" data-layer="{h.esc(self.layer)}">'
-            f"<h2>{h.esc(self.header())}</h2>{h.concept_bars(self.concept_counts())}"
+            f"<h2>{h.esc(self.header())}</h2>"
+            f'<p class="unique">{h.esc(unique_summary(self.dissection.layer(self.layer)))}</p>'
+            f"{h.concept_bars(self.concept_counts())}"
             f'<div class="cards">{cards}</div></section>'
         )
 
@@ -166,7 +184,8 @@ class ConceptQuery:
 
 @dataclasses.dataclass
 class LayerComparison:
-    """Two layers side by side: detectors and unique detectors per category, shared concepts."""
+    """Two layers side by side: detectors and unique detectors per category (best-label rule:
+    ``*_unique``; NetDissect-tables rule: ``*_unique_tables``), shared concepts."""
 
     dissection: Dissection
     a: str
@@ -184,10 +203,15 @@ class LayerComparison:
                 in_k = r.concepts.category[r.labels.label] == k
                 row[f"{tag}_detectors"] = int(np.sum(r.labels.detector & in_k))
                 row[f"{tag}_unique"] = r.unique[category]
+                row[f"{tag}_unique_tables"] = r.unique_tables[category]
             per_category.append(row)
+        layers = {
+            tag: {"layer": name, "units": r.units, "detectors": r.detectors, "unique": r.unique["total"],
+                  "unique_tables": r.unique_tables["total"]}
+            for tag, name, r in (("a", self.a, ra), ("b", self.b, rb))
+        }  # fmt: skip
         return {
-            "a": {"layer": self.a, "units": ra.units, "detectors": ra.detectors, "unique": ra.unique["total"]},
-            "b": {"layer": self.b, "units": rb.units, "detectors": rb.detectors, "unique": rb.unique["total"]},
+            **layers,
             "per_category": per_category,
             "both": sorted(found[self.a] & found[self.b]),
             "only_a": sorted(found[self.a] - found[self.b]),
@@ -196,9 +220,10 @@ class LayerComparison:
 
     def _repr_html_(self) -> str:
         d = self.to_json()
-        head = ["category", f"{self.a} detectors", f"{self.a} unique", f"{self.b} detectors", f"{self.b} unique"]
-        rows = [[r["category"], r["a_detectors"], r["a_unique"], r["b_detectors"], r["b_unique"]]
-                for r in d["per_category"]]  # fmt: skip
+        head = ["category"] + [f"{layer} {column}" for layer in (self.a, self.b)
+                               for column in ("detectors", "unique (best label)", "unique (tables)")]  # fmt: skip
+        keys = [f"{tag}_{key}" for tag in "ab" for key in ("detectors", "unique", "unique_tables")]
+        rows = [[r["category"]] + [r[key] for key in keys] for r in d["per_category"]]
         shared = (f"<p>concepts in both: {h.esc(', '.join(d['both']) or 'none')}<br>only {h.esc(self.a)}: "
                   f"{h.esc(', '.join(d['only_a']) or 'none')}<br>only {h.esc(self.b)}: "
                   f"{h.esc(', '.join(d['only_b']) or 'none')}</p>")  # fmt: skip

@@ -256,9 +256,9 @@ def test_surgery_on_whitened_axes_goes_through_folding():
 
 
 def test_recipe_validates_and_names_concepts():
-    with pytest.raises(DissectError, match="--whiten"):
+    with pytest.raises(DissectError, match="set whiten"):
         Recipe(concepts=("star",), align=1.0)
-    with pytest.raises(DissectError, match="--concepts"):
+    with pytest.raises(DissectError, match="need target concepts"):
         Recipe(concept=0.5)
     with pytest.raises(DissectError, match=r"unknown target concept.*nosuch"):
         concept_numbers(["star", "nosuch"])

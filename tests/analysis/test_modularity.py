@@ -97,7 +97,7 @@ def test_modularity_numbers_are_the_librarys(compared):
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["train", "--out", "x", "--concepts", "star", "--align", "1"], "--whiten"),
+        (["train", "--out", "x", "--concepts", "star", "--align", "1"], "set whiten"),
         (["train", "--out", "x", "--concepts", "star,nosuch", "--concept-weight", "1"], "unknown target concept"),
         (["train", "--out", "x", "--concepts", "star"], "no localizing term"),
         (["train", "--out", "x", "--model", "lenet5", "--l1", "0.1"], "SceneNet"),

@@ -132,7 +132,7 @@ def test_serve_rejects_bad_arguments(scene_dissection, tmp_path, capsys):
     from dissectjax.cli import main
 
     assert main(["serve", scene_dissection[0], "--images", "0"]) == 2
-    assert "--images must be a positive integer" in capsys.readouterr().err
+    assert "argument --images: expected a positive integer" in capsys.readouterr().err
     assert main(["serve", scene_dissection[0], "--checkpoint", str(tmp_path / "none")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["serve", str(tmp_path)]) == 2

@@ -79,7 +79,7 @@ def test_multiunit_top1_is_the_best_unit(tmp_path, setting, capsys):
     [
         (["chimera", "--alphas", "0,2"], "--alphas must be numbers in [0, 1]"),
         (["chimera", "--seeds", "x"], "--seeds must be comma-separated integers"),
-        (["explain", "--length", "0"], "--length and --beam must be positive"),
+        (["explain", "--length", "0"], "argument --length: expected a positive integer"),
         (["probe", "--k", "0"], "--k must be positive integers"),
         (["probe", "--k", "999"], "exceeds the 128 units of conv5"),
     ],

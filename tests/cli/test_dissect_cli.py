@@ -41,7 +41,50 @@ def test_outputs_follow_the_contract(tmp_path, broden_dir):
     summary = json.loads((out / "summary.json").read_text())
     layer = summary["layers"]["mylayer"]
     assert layer["units"] == 6 and layer["images"] == n and "total" in layer["unique_detectors"]
+    assert layer["unique_detectors_tables"].keys() == layer["unique_detectors"].keys()
+    assert layer["detector_rule"] == ">="
     assert summary["versions"]["jax"]
+
+
+def test_detector_rule_changes_only_the_summary_and_reads_back(tmp_path, broden_dir, capsys):
+    """--detector-rule '>' (NetDissect's comparison): units.csv and counts.npz are byte-identical to
+    the default's; summary.json records the rule and both unique counts; directories written before
+    the rule was recorded read back with '>='."""
+    from dissectjax.results import read_results
+    from dissectjax.stats.labels import unique_detectors_tables
+
+    root, _, _ = broden_dir
+    n = sum(1 for _ in open(os.path.join(root, "index.csv"))) - 1
+    acts = np.random.default_rng(1).gamma(2.0, size=(n, 6, 3, 3)).astype(np.float32)
+    np.save(tmp_path / "acts.npy", acts)
+    outs = {}
+    for rule in (">=", ">"):
+        outs[rule] = tmp_path / f"out{len(rule)}"
+        assert main(["dissect", "--activations", str(tmp_path / "acts.npy"), "--dataset", root, "--out",
+                     str(outs[rule]), "--quantile", "0.05", "--iou-threshold", "0.02", "--detector-rule", rule,
+                     "--quiet", "--no-report"]) == 0  # fmt: skip
+        printed = capsys.readouterr().out
+        assert f"detectors (IoU {rule} 0.02)" in printed and "uniq:best-label" in printed and "uniq:tables" in printed
+    for name in ("units.csv", "counts.npz"):
+        assert (outs[">="] / "acts" / name).read_bytes() == (outs[">"] / "acts" / name).read_bytes()
+    for rule, out in outs.items():
+        layer = json.loads((out / "summary.json").read_text())["layers"]["acts"]
+        r = read_results(str(out))[0]["acts"]
+        assert layer["detector_rule"] == r.detector_rule == rule
+        assert layer["unique_detectors"] == r.unique and layer["unique_detectors_tables"] == r.unique_tables
+    old = json.loads((outs[">="] / "summary.json").read_text())
+    for key in ("unique_detectors_tables", "detector_rule"):
+        del old["layers"]["acts"][key]
+    (outs[">="] / "summary.json").write_text(json.dumps(old))
+    r = read_results(str(outs[">="]))[0]["acts"]
+    assert r.detector_rule == ">="
+    assert r.unique_tables == unique_detectors_tables(r.iou, r.labels, list(r.concepts.categories), 0.02, ">=")
+
+
+def test_bad_detector_rule_is_a_usage_error(tmp_path):
+    out = str(tmp_path / "x")
+    code, _, stderr = run_cli("dissect", "--dataset", "synthetic", "--out", out, "--detector-rule", "=>")
+    assert code == 2 and "--detector-rule: invalid choice: '=>'" in stderr and len(stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.parametrize(

@@ -54,7 +54,7 @@ def test_reloading_checkpoint_and_stats(trained, tmp_path):
         (["--data", "cifar"], "unknown digit source 'cifar'"),
         (["--layers", "fc9", "--train-size", "64", "--epochs", "1"], "unknown layers ['fc9']"),
         (["--train-size", "10"], "fewer than one batch"),
-        (["--epochs", "0", "--train-size", "64"], "epochs must be a positive integer"),
+        (["--epochs", "0", "--train-size", "64"], "argument --epochs: expected a positive integer"),
         (["--crossed", "0.9"], "--crossed must be in [0, 0.8]"),
     ],
 )

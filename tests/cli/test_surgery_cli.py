@@ -56,7 +56,7 @@ def narrow(tmp_path_factory):
         (["ablate", "--layer", "conv5", "--units", "128"], "unit 128 is out of range for layer conv5"),
         (["ablate", "--layer", "conv5", "--top-for-class", "beach"], "unknown class 'beach'"),
         (["ablate", "--layer", "conv5"], "name the units"),
-        (["ablate", "--layer", "conv5", "--top-for-class", "playroom", "--count", "-3"], "--count must be between 1"),
+        (["ablate", "--layer", "conv5", "--top-for-class", "playroom", "--count", "-3"], "argument --count"),
         (["transplant", "--target", CHECKPOINT, "--layer", "conv3", "--units", "999", "--matched"], "unit 999 is out"),
         (["transplant", "--target", CHECKPOINT, "--layer", "conv9", "--units", "1", "--slots", "1"],
          "unknown layer 'conv9' for surgery on SceneNet"),
@@ -77,4 +77,4 @@ def test_surgery_errors(tmp_path, capsys, narrow, argv, expect):
 
 def test_images_must_be_positive(capsys):
     assert main(["match", "--a", CHECKPOINT, "--b", CHECKPOINT, "--layer", "conv4", "--images", "0"]) == 2
-    assert "--images must be a positive integer" in capsys.readouterr().err
+    assert "argument --images: expected a positive integer" in capsys.readouterr().err

@@ -70,13 +70,23 @@ def test_strategies_agree(broden_dir):
         np.testing.assert_array_equal(seg.concept_area, other.concept_area)
 
 
-def test_unique_detectors_count_distinct_labels(broden_dir):
+@pytest.mark.parametrize("rule", [">=", ">"])
+def test_unique_detectors_under_both_rules(broden_dir, rule):
     root, _, _ = broden_dir
     ds = BrodenDataset(root)
-    r = dissect(ArraySource(random_acts(len(ds), seed=3), "layer", len(ds)), ds, DissectConfig(0.2, 0.01))["layer"]
-    found = set(r.labels.label[r.labels.detector].tolist())
+    config = DissectConfig(0.2, 0.01, detector_rule=rule)
+    r = dissect(ArraySource(random_acts(len(ds), seed=3), "layer", len(ds)), ds, config)["layer"]
+    assert r.detector_rule == rule
+    passes = np.greater_equal if rule == ">=" else np.greater
+    np.testing.assert_array_equal(r.labels.detector, passes(r.iou.max(1), 0.01))
+    found = set(r.labels.label[r.labels.detector].tolist())  # best-label rule
     assert r.unique["total"] == len(found)
     assert sum(v for k, v in r.unique.items() if k != "total") == len(found)
+    for k, category in enumerate(r.concepts.categories):  # NetDissect-tables rule
+        best = r.labels.best_per_category[:, k]
+        kept = {int(c) for u, c in enumerate(best) if c >= 0 and passes(r.iou[u, c], 0.01)}
+        assert r.unique_tables[category] == len(kept)
+    assert r.unique_tables["total"] == sum(v for k, v in r.unique_tables.items() if k != "total")
 
 
 def test_nan_activations_are_an_error(broden_dir):

@@ -2,9 +2,10 @@
 
 import jax.numpy as jnp
 import numpy as np
-from scenenet_pair import MODEL, scenenet_pair
 
+from dissectjax.checkpoint import init_variables
 from dissectjax.edit.matching import Correlation, layer_correlation, match
+from dissectjax.models import build_model
 from dissectjax.models.layers import activation_fn, compiled
 
 
@@ -27,10 +28,11 @@ def test_matching_recovers_a_permutation():
 
 def test_two_checkpoints_share_one_compiled_activation_function():
     """Variables are arguments: matching two instances of one architecture compiles one program."""
-    a, b, images = scenenet_pair()
-    images = np.asarray(images)
-    corr = layer_correlation(MODEL, a, MODEL, b, "conv3", images, batch=6)
+    model = build_model("scenenet", num_classes=5)  # an architecture no other test compiles
+    a, b = (init_variables(model, (64, 64, 3), seed=s) for s in (1, 2))
+    images = np.random.default_rng(0).integers(0, 256, (6, 64, 64, 3)).astype(np.uint8)
+    corr = layer_correlation(model, a, model, b, "conv3", images, batch=6)
     assert corr.shape == (96, 96)
-    fn = activation_fn(MODEL, a, ["conv3"], jnp.asarray(images[:1]), jit=True)
-    assert fn is activation_fn(MODEL, b, ["conv3"], jnp.asarray(images[:1]), jit=True) is compiled(fn.__wrapped__)
+    fn = activation_fn(model, a, ["conv3"], jnp.asarray(images[:1]), jit=True)
+    assert fn is activation_fn(model, b, ["conv3"], jnp.asarray(images[:1]), jit=True) is compiled(fn.__wrapped__)
     assert fn._cache_size() == 1  # both checkpoints went through it, at one batch shape

@@ -1,6 +1,7 @@
 """The static report and the notebook views: exact masks, true headers, self-contained HTML."""
 
 import csv
+import json
 import os
 import re
 
@@ -75,6 +76,10 @@ def test_report_headers_and_cards_match_units_csv(scene_dissection):
         concepts = {r["label"] for r in detectors}
         header = f"{layer}: {len(detectors)}/{len(rows)} units are detectors covering {len(concepts)} concept"
         assert header in document
+        summary = json.loads(open(os.path.join(out, "summary.json")).read())["layers"][layer]
+        unique = (f"unique detectors: best-label rule {summary['unique_detectors']['total']}",
+                  f"NetDissect-tables rule {summary['unique_detectors_tables']['total']}")  # fmt: skip
+        assert all(part in document for part in unique)
         cards = re.findall(rf'<div class="(card[^"]*)" data-layer="{layer}" data-unit="(\d+)"', document)
         assert [int(u) for _, u in cards] == list(range(len(rows)))
         greyed = {int(u) for css, u in cards if "not-detector" in css}
@@ -123,6 +128,8 @@ def test_views_answer_from_the_counts(dissection):
     assert both["b"]["detectors"] == r.detectors
     assert sum(row["b_detectors"] for row in both["per_category"]) == r.detectors
     assert sum(row["b_unique"] for row in both["per_category"]) == r.unique["total"]
+    assert sum(row["b_unique_tables"] for row in both["per_category"]) == r.unique_tables["total"]
+    assert both["b"]["unique_tables"] == r.unique_tables["total"] >= r.unique["total"]
 
     layer = LayerView(dissection, "conv5")
     assert sum(n for rows in layer.concept_counts().values() for _, n in rows) == r.detectors
