@@ -101,3 +101,47 @@ def scene_dissection(tmp_path_factory):
     assert main(args) == 0
     dataset, _ = open_probe("synthetic:48")
     return str(out), dataset
+
+
+def run_cli_killed_after(argv, batches: int):
+    """Runs ``dissectjax ARGV`` in a subprocess that SIGKILLs itself when its progress bar reaches
+    batch ``batches`` (counting every pass); returns the CompletedProcess (returncode -9 when killed)."""
+    import subprocess
+    import textwrap
+
+    killer = textwrap.dedent(f"""
+        import os, signal, sys
+        from dissectjax import cli
+        from dissectjax.cli import dissect as cli_dissect
+        seen = [0]
+        def progress(enabled):
+            def wrap(iterable, **_):
+                for item in iterable:
+                    if seen[0] == {int(batches)}:
+                        os.kill(os.getpid(), signal.SIGKILL)
+                    seen[0] += 1
+                    yield item
+            return wrap
+        cli_dissect.progress_bars = progress
+        sys.exit(cli.main({[str(a) for a in argv]!r}))
+    """)
+    return subprocess.run([sys.executable, "-c", killer], capture_output=True, text=True, timeout=300)
+
+
+def serve_in_thread(service):
+    """``dissectjax.app.serve`` on a free loopback port in a daemon thread: (server, thread)."""
+    import threading
+
+    from dissectjax.app import serve
+
+    started = threading.Event()
+    holder = {}
+
+    def ready(server):
+        holder["server"] = server
+        started.set()
+
+    thread = threading.Thread(target=serve, args=(service, "127.0.0.1", 0, ready), daemon=True)
+    thread.start()
+    assert started.wait(60)
+    return holder["server"], thread

@@ -7,14 +7,13 @@ Screenshots go to $DISSECTJAX_ARTIFACTS (default: test-artifacts/ in the checkou
 
 import os
 import shutil
-import threading
 
 import numpy as np
 import pytest
-from conftest import CHECKPOINT
+from conftest import CHECKPOINT, serve_in_thread
 from test_server import library_ablation
 
-from dissectjax.app import AppService, scene_classifier, serve
+from dissectjax.app import AppService, scene_classifier
 from dissectjax.report import Dissection
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -117,19 +116,10 @@ def test_report_opens_from_file_and_filters(browser, scene_dissection):
 @pytest.fixture(scope="module")
 def app_url(scene_dissection):
     service = AppService(Dissection.load(scene_dissection[0]), scene_classifier(CHECKPOINT, 150))
-    started = threading.Event()
-    holder = {}
-
-    def ready(server):
-        holder["server"] = server
-        started.set()
-
-    thread = threading.Thread(target=serve, args=(service, "127.0.0.1", 0, ready), daemon=True)
-    thread.start()
-    assert started.wait(60)
-    host, port = holder["server"].server_address[:2]
+    server, thread = serve_in_thread(service)
+    host, port = server.server_address[:2]
     yield f"http://{host}:{port}/", service
-    holder["server"].shutdown()
+    server.shutdown()
     thread.join(10)
 
 

@@ -3,13 +3,13 @@ hostile bodies get a one-line JSON 4xx, never a 500 or a stack trace."""
 
 import json
 import socket
-import threading
 import urllib.error
 import urllib.request
 
 import pytest
+from conftest import serve_in_thread
 
-from dissectjax.app import AppService, create_app, serve
+from dissectjax.app import AppService, create_app
 from dissectjax.app.server import MAX_JSON_DEPTH, MAX_MESSAGE, allowed_hosts, json_depth
 from dissectjax.report import Dissection
 
@@ -180,18 +180,9 @@ def fetch(url: str, host: str | None = None, origin: str | None = None, body: di
 @pytest.fixture(scope="module")
 def served(service):
     """``serve`` on a free port in a thread: its (host, port)."""
-    started = threading.Event()
-    holder = {}
-
-    def ready(server):
-        holder["server"] = server
-        started.set()
-
-    thread = threading.Thread(target=serve, args=(service, "127.0.0.1", 0, ready), daemon=True)
-    thread.start()
-    assert started.wait(60)
-    yield holder["server"].server_address[:2]
-    holder["server"].shutdown()
+    server, thread = serve_in_thread(service)
+    yield server.server_address[:2]
+    server.shutdown()
     thread.join(10)
 
 

@@ -8,11 +8,10 @@ import resource
 import signal
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
-from conftest import random_broden
+from conftest import random_broden, run_cli_killed_after
 
 N_IMAGES, UNITS = 24, 6
 
@@ -118,23 +117,7 @@ def test_a_changed_label_map_between_kill_and_rerun_starts_afresh(tmp_path, work
     data, acts = workload
     out, fresh = tmp_path / "out", tmp_path / "fresh"
     argv = [str(a) for a in dissect_argv(data, acts, out, "--batch-size", "4", "--save-every", "0")]
-    killer = textwrap.dedent(f"""
-        import os, signal, sys
-        from dissectjax import cli
-        from dissectjax.cli import dissect as cli_dissect
-        seen = [0]
-        def progress(enabled):
-            def wrap(iterable, **_):
-                for item in iterable:
-                    if seen[0] == 9:  # past the threshold passes, inside the tally
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    seen[0] += 1
-                    yield item
-            return wrap
-        cli_dissect.progress_bars = progress
-        sys.exit(cli.main({argv!r}))
-    """)
-    assert subprocess.run([sys.executable, "-c", killer], capture_output=True, timeout=300).returncode == -9
+    assert run_cli_killed_after(argv, 9).returncode == -9  # past the threshold passes, inside the tally
     assert (tmp_path / ".out.resume.npz").exists()
     label_map = sorted((data / "images").glob("*color*.png"))[0]
     from PIL import Image

@@ -3,11 +3,10 @@
 import os
 import subprocess
 import sys
-import textwrap
 
 import numpy as np
 import pytest
-from conftest import random_broden
+from conftest import random_broden, run_cli_killed_after
 
 from dissectjax.cli import main
 from dissectjax.data.broden import BrodenDataset
@@ -75,23 +74,7 @@ def test_sigkill_then_same_command_gives_identical_outputs(tmp_path, workload):
     out = tmp_path / "out"
     argv = ["dissect", "--activations", acts_path, "--dataset", root, "--out", str(out), "--quantile", "0.05",
             "--batch-size", "4", "--save-every", "0"]  # fmt: skip
-    killer = textwrap.dedent(f"""
-        import os, signal, sys
-        from dissectjax import cli
-        from dissectjax.cli import dissect as cli_dissect
-        seen = [0]
-        def progress(enabled):
-            def wrap(iterable, **_):
-                for item in iterable:
-                    if seen[0] == {int(np.random.default_rng(1).integers(3, 20))}:
-                        os.kill(os.getpid(), signal.SIGKILL)
-                    seen[0] += 1
-                    yield item
-            return wrap
-        cli_dissect.progress_bars = progress
-        sys.exit(cli.main({argv!r}))
-    """)
-    p = subprocess.run([sys.executable, "-c", killer], capture_output=True, text=True, timeout=300)
+    p = run_cli_killed_after(argv, int(np.random.default_rng(1).integers(3, 20)))
     assert p.returncode == -9, p.stderr[-2000:]
     assert not out.exists() and (tmp_path / ".out.resume.npz").exists()
     p = subprocess.run([sys.executable, "-m", "dissectjax", *argv], capture_output=True, text=True, timeout=300)
