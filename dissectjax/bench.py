@@ -13,8 +13,12 @@ Timings exclude compilation (a warm-up run on one batch compiles every kernel fi
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import math
+import sys
 import time
+from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -23,6 +27,7 @@ from dissectjax.data.concepts import Concepts
 from dissectjax.data.memory import InMemoryProbe
 from dissectjax.data.probe import ProbeBatch
 from dissectjax.dissect import DissectConfig, Passes
+from dissectjax.errors import DissectError
 from dissectjax.parallel import DataParallel
 
 BRODEN_CATEGORIES = {"object": 500, "part": 200, "material": 30, "color": 11, "scene": 412, "texture": 47}
@@ -232,20 +237,66 @@ def format_rates(rows: dict) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None) -> int:
-    import argparse
+class _OneLineParser(argparse.ArgumentParser):
+    """Bad flags end in one line, ``dissectjax bench: error: ...``, and status 2, like every command's
+    (``dissectjax.cli.OneLineParser``, which this module may not import: nothing outside cli/ does)."""
 
-    p = argparse.ArgumentParser(prog="dissectjax bench", description="dissection throughput benchmarks")
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _flag(parse: Callable[[str], float], check: Callable[[float], bool], expected: str) -> Callable[[str], float]:
+    """An argparse ``type``: ``parse(text)`` if ``check`` holds, else an error saying what is expected."""
+
+    def convert(text: str):
+        try:
+            value = parse(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if not check(value):
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
+        return value
+
+    convert.__name__ = expected
+    return convert
+
+
+_positive_int = _flag(int, lambda v: v >= 1, "a positive integer")
+_count = _flag(int, lambda v: v >= 0, "an integer >= 0")
+_fraction = _flag(float, lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)")
+_positive = _flag(float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _OneLineParser(prog="dissectjax bench", description="dissection throughput benchmarks")
     p.add_argument("--workload", choices=["broden-scale", "small"], default="broden-scale")
-    p.add_argument("--images", type=int, default=512)
-    p.add_argument("--pool", type=int, default=256, help="distinct generated rows, cycled (default: %(default)s)")
-    p.add_argument("--baseline-images", type=int, default=64, help="rows timed for the NumPy baseline (0: skip)")
-    p.add_argument("--batch-size", type=int, default=32, help="images per device and batch")
-    p.add_argument("--quantile", type=float, default=0.005)
+    p.add_argument("--images", type=_positive_int, default=512)
+    p.add_argument(
+        "--pool", type=_positive_int, default=256, help="distinct generated rows, cycled (default: %(default)s)"
+    )
+    p.add_argument("--baseline-images", type=_count, default=64, help="rows timed for the NumPy baseline (0: skip)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per device and batch")
+    p.add_argument("--quantile", type=_fraction, default=0.005)
     p.add_argument("--memory", action="store_true", help="also peak RSS at N and 8N images (fresh processes)")
-    p.add_argument("--peak-tflops", type=float, default=790.0, help="accelerator bf16 peak, for the roofline")
-    p.add_argument("--bandwidth", type=float, default=3.35, help="accelerator memory TB/s, for the roofline")
-    a = p.parse_args(argv)
+    p.add_argument("--peak-tflops", type=_positive, default=790.0, help="accelerator bf16 peak, for the roofline")
+    p.add_argument("--bandwidth", type=_positive, default=3.35, help="accelerator memory TB/s, for the roofline")
+    return p
+
+
+def main(argv=None) -> int:
+    """``dissectjax bench``: bad flags and bad input (DissectError) end in one line on stderr and status 2."""
+    try:
+        a = build_parser().parse_args(argv)
+    except SystemExit as e:  # bad flags (status 2, one line already printed), --help (0)
+        return int(e.code or 0)
+    try:
+        return _run(a)
+    except DissectError as e:
+        print(f"dissectjax bench: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _run(a: argparse.Namespace) -> int:
     if a.workload == "small":
         rows, extra = run_small(a.images, a.batch_size, a.quantile)
     else:

@@ -11,8 +11,9 @@ Loading validates everything it reads, in this order, and refuses bad input with
 was expected:
 
 1. ``config.json``: valid JSON, an object, with ``model`` (a registered name),
-   ``input_shape`` ([H, W, C], positive integers), ``model_kwargs`` (an object of arguments
-   the model takes) and, if present, ``checksums``;
+   ``input_shape`` ([H, W, C], positive integers, images the model can run on:
+   :func:`check_model_runs`), ``model_kwargs`` (an object of arguments the model takes) and,
+   if present, ``checksums``;
 2. ``state/``: every value of its database is read once before orbax sees it (a missing,
    truncated or garbled file is named here, not deep inside an asynchronous restore), and
    its arrays are the model's arrays with the model's shapes;
@@ -33,6 +34,7 @@ import os
 import shutil
 import tempfile
 
+import flax.errors
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -346,13 +348,13 @@ def load_checkpoint(directory: str, fold: bool = False):
     directory = os.path.abspath(directory)
     config = read_config(directory)
     model = _build(directory, config)
+    abstract = check_model_runs(model, config["input_shape"], f"checkpoint {directory}: ", config)
     state = os.path.join(directory, "state")
     if not os.path.isdir(state):
         raise DissectError(f"checkpoint {directory} has no state/ directory; expected the arrays orbax wrote there")
     _scan_state(directory, state)
     checkpointer = _this_process_checkpointer()
     stored = _stored_arrays(directory, state, checkpointer)
-    abstract = jax.eval_shape(lambda: init_variables(model, config["input_shape"]))
     wanted = array_paths(abstract)
     _check_arrays(directory, config, stored, wanted)
     device = jax.local_devices()[0]  # in a multi-process run, each process reads the checkpoint itself
@@ -378,20 +380,61 @@ def load_checkpoint(directory: str, fold: bool = False):
     return model, variables, config
 
 
+def check_model_runs(model: nn.Module, image_shape, where: str = "", config: dict | None = None):
+    """Refuses images [H, W, C] that ``model`` cannot run on, before any real work: its first
+    abstract run (``jax.eval_shape`` of its initialization on one such image; no arrays are
+    made) must succeed. A network that pools or convolves with no padding needs images at least
+    so large (LeNet-5 on 8x8 images divides by zero inside Flax). ``where`` starts the message
+    (e.g. ``"checkpoint DIR: "``), ``config`` is the checkpoint's config.json, whose
+    ``input_shape`` the message names.
+
+    Returns the abstract variables (shapes and dtypes) of the model built for such images.
+    Call it wherever a model first meets images of a size of the user's choosing:
+    :func:`load_checkpoint` (the checkpoint's own ``input_shape``) and :func:`check_image_shape`
+    do; so should every command that runs a model on a dataset.
+
+    >>> from dissectjax.models import build_model
+    >>> check_model_runs(build_model("lenet5"), (8, 8, 1))  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    dissectjax.errors.DissectError: model lenet5 cannot run on images of shape (8, 8, 1): ...
+    """
+    image_shape = tuple(int(x) for x in image_shape)
+    try:
+        return jax.eval_shape(lambda: init_variables(model, image_shape))
+    except (ZeroDivisionError, TypeError, ValueError, flax.errors.FlaxError) as e:  # Flax/XLA shape errors
+        name = config["model"] if config else _model_name(model)
+        trained = tuple(config["input_shape"]) if config else None
+        if trained == image_shape:
+            advice = ("its config.json gives this input_shape: write there the size the model was trained on, or "
+                      "re-create the checkpoint")  # fmt: skip
+        elif trained:
+            advice = f"give images of the size it was trained on (its checkpoint says {_dims(trained)})"
+        else:
+            advice = "give larger images"
+        raise DissectError(f"{where}model {name} cannot run on images of shape {image_shape}: "
+                           f"{_one_line(e)[:300]}; {advice}") from None  # fmt: skip
+
+
+def _model_name(model: nn.Module) -> str:
+    """The registered name of ``model``'s class (its class name if it has none)."""
+    return next((name for name, cls in MODELS.items() if cls is type(model)), type(model).__name__)
+
+
 def check_image_shape(
     directory: str, model: nn.Module, variables, config: dict, image_shape, what: str = "the dataset"
 ):
     """Refuses images [H, W, C] the checkpoint's model cannot take with its weights.
 
-    Images of the checkpoint's ``input_shape`` always fit; others fit when the model built
-    for them has the same arrays with the same shapes (a network that pools globally takes
-    any size; one that flattens a feature map, or whose first layer reads C channels, does not).
+    Images of the checkpoint's ``input_shape`` always fit; others fit when the model runs on
+    them (:func:`check_model_runs`) and, built for them, has the same arrays with the same
+    shapes (a network that pools globally takes any size; one that flattens a feature map, or
+    whose first layer reads C channels, does not).
     """
     image_shape = tuple(int(x) for x in image_shape)
     if image_shape == tuple(config["input_shape"]):
         return
     have = array_paths(variables)
-    need = array_paths(jax.eval_shape(lambda: init_variables(model, image_shape)))
+    need = array_paths(check_model_runs(model, image_shape, f"checkpoint {directory}: ", config))
     for path in sorted(set(have) | set(need)):
         if path not in have or path not in need or tuple(have[path].shape) != tuple(need[path].shape):
             detail = (f"array {path} would be {list(need[path].shape)}, the checkpoint holds {list(have[path].shape)}"

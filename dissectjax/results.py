@@ -18,10 +18,13 @@ import csv
 import dataclasses
 import io
 import json
+import math
 import os
 import platform
 import tempfile
-from collections.abc import Mapping
+import zipfile
+import zlib
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -159,7 +162,7 @@ def write_results(directory: str, results: Mapping[str, LayerResult], info: Mapp
     concepts = next(iter(results.values())).concepts
     write_concepts(os.path.join(directory, "concepts.csv"), concepts)
     for name, result in results.items():
-        layer_dir = os.path.join(directory, *name.split("/"))
+        layer_dir = layer_directory(directory, name, named_by="the dissection")
         os.makedirs(layer_dir, exist_ok=True)
         write_units(os.path.join(layer_dir, "units.csv"), result)
         write_counts(os.path.join(layer_dir, "counts.npz"), result)
@@ -194,17 +197,236 @@ def write_top_images(path: str, results: Mapping[str, LayerResult], dataset) -> 
     np.savez(path, rows=rows, images=images, label_size=np.array(dataset.label_size(int(rows[0]))))
 
 
+# ---- reading, checked: every file of an output directory may be damaged or hostile --------------
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def read_csv_table(path: str, columns: Sequence[str], expected: str) -> tuple[list[str], list[dict[str, str]]]:
+    """(header, rows) of the CSV table ``path``: UTF-8 text (a byte order mark is accepted) whose
+    header holds ``columns``. Anything else is a DissectError naming the file and ``expected``."""
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            rows = list(reader)
+            header = list(reader.fieldnames or [])
+    except FileNotFoundError:
+        raise DissectError(f"{path} is missing; expected {expected}") from None
+    except UnicodeDecodeError as e:
+        raise DissectError(f"{path}: byte {e.start} is not UTF-8 text ({e.reason}); expected {expected}") from None
+    except csv.Error as e:
+        raise DissectError(f"{path}: malformed CSV ({_one_line(e)}); expected {expected}") from None
+    except OSError as e:
+        raise DissectError(f"{path}: cannot read it ({_one_line(e)}); expected {expected}") from None
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise DissectError(f"{path} has no column {missing[0]!r} (its header: {','.join(header)[:200]!r}); "
+                           f"expected {expected}")  # fmt: skip
+    return header, rows
+
+
+def read_npz(path: str, expected: str) -> dict[str, np.ndarray]:
+    """Every array of the ``.npz`` archive ``path``, loaded with ``allow_pickle=False``. A file that
+    is missing, not an archive, truncated or damaged is a DissectError naming it and ``expected``."""
+    try:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise ValueError("it holds a single .npy array")
+        with loaded:
+            return {k: loaded[k] for k in loaded.files}
+    except FileNotFoundError:
+        raise DissectError(f"{path} is missing; expected {expected}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # what NumPy and zipfile raise
+        raise DissectError(f"{path} is not a readable .npz archive ({_one_line(e)[:200]}); "
+                           f"expected {expected}") from None  # fmt: skip
+
+
+KINDS: dict[str, Callable[[np.dtype], bool]] = {  # what an array of each kind may hold
+    "numbers": lambda d: d.kind in "iuf",
+    "integers": lambda d: d.kind in "iu",
+    "text": lambda d: d.kind == "U",
+    "uint8": lambda d: d == np.uint8,
+}
+
+
+def check_arrays(
+    path: str,
+    arrays: Mapping[str, np.ndarray],
+    spec: Mapping[str, tuple[tuple[int | str, ...], str]],
+    dims: dict[str, int],
+    expected: str,
+    optional: Sequence[str] = (),
+) -> dict[str, int]:
+    """Checks that ``arrays`` (read from ``path``) hold every array of ``spec`` (``{name: (axes,
+    kind)}``, ``optional`` ones aside) with its axes and a dtype of its kind (:data:`KINDS`).
+
+    An axis is a number, or a name bound to the first size seen (or given in ``dims``), so that
+    ``("U", "C")`` asks for the same U and C everywhere. Returns ``dims`` with the names bound.
+
+    >>> check_arrays("x.npz", {"a": np.zeros((2, 3)), "b": np.zeros(2, int)},
+    ...              {"a": (("U", "C"), "numbers"), "b": (("U",), "integers")}, {}, "counts")
+    {'U': 2, 'C': 3}
+    >>> check_arrays("x.npz", {"a": np.zeros((2, 3))}, {"a": (("U", 4), "numbers")}, {}, "counts")
+    Traceback (most recent call last):
+    dissectjax.errors.DissectError: x.npz: array 'a' has shape [2, 3]; expected [U, 4] = [2, 4] (counts)
+    """
+    dims = dict(dims)
+    for name, (axes, kind) in spec.items():
+        if name not in arrays:
+            if name in optional:
+                continue
+            raise DissectError(f"{path} lacks the array {name!r} (it holds {', '.join(sorted(arrays)) or 'none'}); "
+                               f"expected {expected}")  # fmt: skip
+        array = arrays[name]
+        if not KINDS[kind](array.dtype):
+            raise DissectError(f"{path}: array {name!r} holds {array.dtype}; expected {kind} ({expected})")
+        if array.ndim == len(axes):
+            bound = [dims.setdefault(a, n) if isinstance(a, str) else a for a, n in zip(axes, array.shape)]
+            if list(array.shape) == bound:
+                continue
+        want = ", ".join(map(str, axes))
+        sizes = ", ".join(str(dims.get(a, a)) for a in axes)
+        raise DissectError(f"{path}: array {name!r} has shape {list(array.shape)}; expected [{want}]"
+                           + (f" = [{sizes}]" if sizes != want else "") + f" ({expected})")  # fmt: skip
+    return dims
+
+
+def layer_directory(directory: str, name: str, named_by: str = "summary.json") -> str:
+    """Where layer ``name`` lives in an output ``directory``: ``DIR/a/b`` for a layer ``a/b`` (a module
+    path). A name that would lead anywhere else (empty parts, ``.``, ``..``, a leading ``/``, a
+    backslash or NUL) is refused, never followed.
+
+    >>> layer_directory("out", "block1/conv")
+    'out/block1/conv'
+    >>> layer_directory("out", "../etc")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    dissectjax.errors.DissectError: summary.json names layer '../etc', which is not a plain name inside out; ...
+    """
+    parts = name.split("/") if isinstance(name, str) else [""]
+    bad = lambda p: p in ("", ".", "..") or any(c in p for c in ("\\", "\0", os.sep, os.altsep or "/"))
+    if any(bad(p) for p in parts):
+        raise DissectError(
+            f"{named_by} names layer {name!r}, which is not a plain name inside {directory}; expected "
+            "a layer name such as conv5 or block1/conv (parts joined by '/', none empty, '.' or '..')"
+        )
+    return os.path.join(directory, *parts)
+
+
 def read_concepts(path: str) -> Concepts:
-    """The concepts of ``DIR/concepts.csv`` (categories in order of first appearance)."""
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f))
+    """The concepts of ``DIR/concepts.csv`` (categories in order of first appearance), checked:
+    UTF-8 CSV with columns ``index,number,name,category``, one row per array column in order
+    (``index`` 0, 1, ...), label numbers increasing in 1 .. 65535."""
+    expected = "the concepts.csv a dissection writes (index,number,name,category; one row per concept)"
+    _, rows = read_csv_table(path, ("index", "number", "name", "category"), expected)
+    if not rows:
+        raise DissectError(f"{path} lists no concepts; expected {expected}")
+    numbers = []
+    for line, (i, r) in enumerate(enumerate(rows), start=2):
+        try:
+            index, number = int(r["index"]), int(r["number"])
+        except (TypeError, ValueError):
+            raise DissectError(f"{path} line {line}: index {r['index']!r} and number {r['number']!r} must be "
+                               f"integers; expected {expected}") from None  # fmt: skip
+        if index != i or not 0 < number < 1 << 16 or (numbers and number <= numbers[-1]) or r["category"] is None:
+            raise DissectError(f"{path} line {line}: index {index}, number {number}; expected index {i} and a label "
+                               "number in 1 .. 65535 above the previous row's, in a full row "
+                               f"({expected})")  # fmt: skip
+        numbers.append(number)
     categories = tuple(dict.fromkeys(r["category"] for r in rows))
     return Concepts(
-        numbers=np.array([int(r["number"]) for r in rows], np.int64),
+        numbers=np.array(numbers, np.int64),
         names=tuple(r["name"] for r in rows),
         category=np.array([categories.index(r["category"]) for r in rows], np.int64),
         categories=categories,
     )
+
+
+_SUMMARY = 'a JSON object {"layers": {LAYER: {"quantile": q, "iou_threshold": t, ...}}, ...} as dissect writes it'
+_FINITE = lambda x: isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+_LAYER_FIELDS: dict[str, tuple[Callable[[object], bool], str]] = {  # what read_results uses of a layer's summary
+    "quantile": (lambda x: _FINITE(x) and 0 < x < 1, "a number between 0 and 1"),
+    "iou_threshold": (lambda x: _FINITE(x) and 0 <= x <= 1, "a number between 0 and 1"),
+    "condition": (lambda x: isinstance(x, bool), "true or false"),
+    "images": (lambda x: isinstance(x, int) and not isinstance(x, bool) and x >= 0, "an integer >= 0"),
+    "seconds": (lambda x: _FINITE(x) and x >= 0, "a number >= 0"),
+}
+_TEXT_FIELDS = ("model", "dataset", "checkpoint", "activations", "split")  # read by the report and the app
+
+
+def read_summary(directory: str) -> dict:
+    """``DIR/summary.json``, checked: a JSON object whose ``layers`` map plain layer names
+    (:func:`layer_directory`) to objects with the fields :func:`read_results` uses."""
+    path = os.path.join(directory, "summary.json")
+    if not os.path.isfile(path):
+        raise DissectError(
+            f"{directory} is not a dissection output (no summary.json); run `dissectjax dissect ... --out DIR` first"
+        )
+    try:
+        with open(path, encoding="utf-8") as f:
+            summary = json.load(f)
+    except UnicodeDecodeError as e:
+        raise DissectError(f"{path}: byte {e.start} is not UTF-8 text ({e.reason}); expected {_SUMMARY}") from None
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError; nesting too deep: RecursionError
+        raise DissectError(f"{path} is not valid JSON ({_one_line(e)[:200]}); expected {_SUMMARY}") from None
+    except OSError as e:
+        raise DissectError(f"{path}: cannot read it ({_one_line(e)}); expected {_SUMMARY}") from None
+    if not isinstance(summary, dict):
+        raise DissectError(f"{path} holds a JSON {type(summary).__name__}; expected {_SUMMARY}")
+    layers = summary.get("layers")
+    if not isinstance(layers, dict) or not layers:
+        raise DissectError(f"{path}: 'layers' is {_shown(layers)}; expected {_SUMMARY}")
+    for key in _TEXT_FIELDS:
+        if key in summary and not isinstance(summary[key], str):
+            raise DissectError(f"{path}: {key!r} is {_shown(summary[key])}; expected a string")
+    for name, info in layers.items():
+        layer_directory(directory, name)
+        if not isinstance(info, dict):
+            raise DissectError(f"{path}: layer {name!r} is {_shown(info)}; expected {_SUMMARY}")
+        for key, (ok, what) in _LAYER_FIELDS.items():
+            if key not in info:
+                raise DissectError(f"{path}: layer {name!r} lacks {key!r}; expected {_SUMMARY}")
+            if not ok(info[key]):
+                raise DissectError(f"{path}: layer {name!r} has {key} {_shown(info[key])}; expected {what}")
+        if info.get("detector_rule", DETECTOR_RULES[0]) not in DETECTOR_RULES:
+            raise DissectError(f"{path}: layer {name!r} has detector_rule {_shown(info['detector_rule'])}; expected "
+                               f"one of {', '.join(map(repr, DETECTOR_RULES))}")  # fmt: skip
+    return summary
+
+
+def _shown(value, limit: int = 60) -> str:
+    """A JSON value for a message, cut to ``limit`` characters."""
+    text = json.dumps(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+_COUNTS_EXPECTED = "the counts.npz a dissection writes for the layer (C = concepts of concepts.csv); rerun it"
+COUNTS_ARRAYS = {
+    "thresholds": (("U",), "numbers"),
+    "intersection": (("U", "C"), "integers"),
+    "unit_area": (("U", "K"), "integers"),
+    "concept_area": (("C",), "integers"),
+    "iou": (("U", "C"), "numbers"),
+    "categories": (("K",), "text"),
+    "top_images": (("U", "k"), "integers"),
+    "top_activations": (("U", "k"), "numbers"),
+    "top_maps": (("U", "k", "h", "w"), "numbers"),
+}
+TOP_ARRAYS = ("top_images", "top_activations", "top_maps")  # written only with top images
+
+
+def read_counts(path: str, concepts: Concepts) -> dict[str, np.ndarray]:
+    """The arrays of a layer's ``counts.npz`` (:data:`COUNTS_ARRAYS`), checked against the
+    concepts of ``concepts.csv``: C columns, and every concept's category among ``categories``."""
+    arrays = read_npz(path, _COUNTS_EXPECTED)
+    check_arrays(path, arrays, COUNTS_ARRAYS, {"C": len(concepts)}, _COUNTS_EXPECTED, optional=TOP_ARRAYS)
+    if "top_maps" in arrays and "top_images" not in arrays:
+        raise DissectError(f"{path} has top_maps without top_images; expected {_COUNTS_EXPECTED}")
+    categories = [str(c) for c in arrays["categories"]]
+    lacking = [c for c in concepts.categories if c not in categories]
+    if lacking or len(set(categories)) != len(categories):
+        raise DissectError(f"{path}: categories {categories} do not name each category of concepts.csv once "
+                           f"({', '.join(concepts.categories)}); expected the files of one dissection")  # fmt: skip
+    return arrays
 
 
 def read_results(directory: str) -> tuple[dict[str, LayerResult], dict]:
@@ -212,23 +434,14 @@ def read_results(directory: str) -> tuple[dict[str, LayerResult], dict]:
 
     Labels and both unique-detector counts are recomputed from counts.npz with the summary's
     threshold and comparison (">=" for directories written before ``detector_rule`` was recorded).
+    Every file is checked as it is read (:func:`read_summary`, :func:`read_concepts`,
+    :func:`read_counts`): damaged or hostile files are a DissectError naming the file.
     """
-    summary_path = os.path.join(directory, "summary.json")
-    if not os.path.isfile(summary_path):
-        raise DissectError(
-            f"{directory} is not a dissection output (no summary.json); run `dissectjax dissect ... --out DIR` first"
-        )
-    with open(summary_path) as f:
-        summary = json.load(f)
+    summary = read_summary(directory)
     concepts = read_concepts(os.path.join(directory, "concepts.csv"))
     results = {}
     for name, info in summary["layers"].items():
-        path = os.path.join(directory, *name.split("/"), "counts.npz")
-        try:
-            with np.load(path, allow_pickle=False) as f:
-                arrays = {k: f[k] for k in f.files}
-        except FileNotFoundError:
-            raise DissectError(f"{path} is missing: the output directory is incomplete; rerun the dissection") from None
+        arrays = read_counts(os.path.join(layer_directory(directory, name), "counts.npz"), concepts)
         categories = tuple(str(c) for c in arrays["categories"])
         if categories != concepts.categories:
             concepts = dataclasses.replace(concepts, categories=categories, category=np.array(
@@ -269,36 +482,52 @@ def unique_from_tally_csv(path: str, threshold: float, rule: str) -> dict[str, d
     passes ``threshold`` under ``rule`` (">=" or ">"); ``tables`` counts, per category, the
     distinct ``<cat>-label`` among rows whose ``<cat>-iou`` passes (NetDissect's CVPR 2017 tables).
     """
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        rows = list(reader)
-        columns = reader.fieldnames or []
+    layout = "a tally CSV in NetDissect's layout"
+    columns, rows = read_csv_table(path, (), layout)
     cats = [c.removesuffix("-label") for c in columns if c.endswith("-label")]
     missing = [c for c in ["category", "label", "score", *(f"{k}-iou" for k in cats)] if c not in columns]
     if missing or not cats:
         column = (missing or ["<category>-label"])[0]
-        raise DissectError(f"{path} is not a tally CSV in NetDissect's layout: no column {column!r}")
+        raise DissectError(f"{path} is not {layout}: no column {column!r}")
     unknown = {r["category"] for r in rows} - set(cats)
     if unknown:
         raise DissectError(f"{path}: category {sorted(unknown)[0]!r} of a unit's label has no -label column")
-    names = np.array([[r[f"{k}-label"] for k in cats] for r in rows], dtype=str).reshape(len(rows), len(cats))
-    scores = np.array([[float(r[f"{k}-iou"]) for k in cats] for r in rows], np.float64).reshape(names.shape)
-    label = np.array([r["label"] for r in rows], dtype=str)
+
+    def numbers(column: str) -> np.ndarray:
+        try:
+            return np.array([float(r[column]) for r in rows], np.float64)
+        except (TypeError, ValueError):
+            raise DissectError(
+                f"{path}: column {column!r} holds a value that is not a number; expected {layout}"
+            ) from None
+
+    names = np.array([[r[f"{k}-label"] or "" for k in cats] for r in rows], dtype=str).reshape(len(rows), len(cats))
+    scores = np.stack([numbers(f"{k}-iou") for k in cats], axis=1).reshape(names.shape)
+    label = np.array([r["label"] or "" for r in rows], dtype=str)
     label_category = np.array([cats.index(r["category"]) for r in rows], np.int64)
-    score = np.array([float(r["score"]) for r in rows], np.float64)
+    score = numbers("score")
     return {
         "best_label": distinct_labels(label, label_category, passes(score, threshold, rule), cats),
         "tables": distinct_per_category(names, (names != "") & passes(scores, threshold, rule), cats),
     }
 
 
+TOP_IMAGES_ARRAYS = {"rows": (("R",), "integers"), "images": (("R", "H", "W", 3), "uint8"),
+                     "label_size": ((2,), "integers")}  # fmt: skip
+
+
 def read_top_images(directory: str) -> dict | None:
-    """``{rows, images, label_size}`` of ``DIR/top_images.npz``, or None if absent."""
+    """``{rows, images, label_size}`` of ``DIR/top_images.npz`` (checked), or None if absent."""
     path = os.path.join(directory, "top_images.npz")
     if not os.path.isfile(path):
         return None
-    with np.load(path, allow_pickle=False) as f:
-        return {k: f[k] for k in f.files}
+    expected = "the top_images.npz a dissection writes (rows [R], images uint8 [R, H, W, 3], label_size [2])"
+    arrays = read_npz(path, expected)
+    check_arrays(path, arrays, TOP_IMAGES_ARRAYS, {}, expected)
+    if np.any(arrays["label_size"] < 1) or np.any(np.diff(arrays["rows"]) <= 0) or np.any(arrays["rows"] < 0):
+        raise DissectError(f"{path}: label_size {arrays['label_size'].tolist()} must be positive and rows "
+                           f"increasing dataset rows; expected {expected}")  # fmt: skip
+    return arrays
 
 
 def write_csv(path: str, rows: list[dict]) -> None:

@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 
-from dissectjax.analysis.ablation import balanced_accuracy, confusions, layer_data, ranked_units, single_unit_damage
+from dissectjax.analysis.ablation import class_counts, layer_data, ranked_units, single_unit_damage
 from dissectjax.checkpoint import load_checkpoint
 from dissectjax.data.splits import SCENE_CLASSES, scene_images
 
@@ -46,7 +46,7 @@ def main():
     for c in range(len(names)):
         masks.append(mask(ranked_units(damage, c)[: a.k]))
         masks += [mask(rng.choice(units, a.k, replace=False)) for _ in range(a.draws)]
-    ba = balanced_accuracy(confusions(model, variables, held, np.stack(masks)))
+    ba = class_counts(model, variables, held, np.stack(masks)).balanced_accuracy()
     base = ba[0]
     print(f"{a.layer}: remove the {a.k} units (of {units}) ranked most damaging to a class, vs {a.k} random units")
     print(f"{'class':12} {'before':>7} {'targeted':>9} {'random':>13} {'others, targeted':>17} {'others, random':>15}")
@@ -68,7 +68,7 @@ def main():
     ks = [k for k in (0, 1, 2, 4, 8, 16, 32, 64, 96, 120, units) if k <= units]
     curve_masks = [mask(order[:k]) for k in ks] + [mask(rng.permutation(units)[:k]) for k in ks]
     curve_masks += [mask(order[k:]) for k in ks]
-    curves = balanced_accuracy(confusions(model, variables, held, np.stack(curve_masks)))[:, c].reshape(3, len(ks))
+    curves = class_counts(model, variables, held, np.stack(curve_masks)).balanced_accuracy()[:, c].reshape(3, len(ks))
     print(f"\ncumulative ablation, class {a.curve_class} (balanced accuracy; 0.5 = chance)")
     print(f"{'units removed':>14} {'top-ranked':>11} {'random':>8} {'all but top-k':>14}")
     for i, k in enumerate(ks):

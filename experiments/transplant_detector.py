@@ -26,7 +26,7 @@ from dissectjax.dissect import DissectConfig, dissect
 from dissectjax.dissect.sources import ModelSource
 from dissectjax.edit import layer_correlation, layer_matching, match, transplant
 from dissectjax.evaluate import accuracy
-from dissectjax.models.wiring import unit_wiring
+from dissectjax.models.unit_wiring import unit_wiring
 
 
 def main():

@@ -145,3 +145,46 @@ def serve_in_thread(service):
     thread.start()
     assert started.wait(60)
     return holder["server"], thread
+
+
+def class_folders(root, classes=20, per_class=4, seed=0, sizes=((40, 30), (50, 70))):
+    """Writes a class-folder image set, ROOT/<class>/<images> (real JPEG files); returns the sorted
+    class names ``class00``, ``class01``, ...
+
+    ``per_class``: images per class (an int, or one count per class). Image k of class c is
+    ``img{k:02d}`` with the extension ``.jpg``, ``.JPEG`` or ``.jpeg`` (k mod 3), a size
+    (width, height) drawn from ``sizes`` by ``seed``, and one flat color: red
+    ``round(255 (c + 0.5) / classes)``, green ``round(255 (k + 0.5) / max(per_class))``, blue
+    drawn by ``seed`` (JPEG keeps flat colors within a few levels).
+    """
+    from PIL import Image
+
+    counts = [per_class] * classes if np.isscalar(per_class) else list(per_class)
+    rng = np.random.default_rng(seed)
+    names = [f"class{c:02d}" for c in range(classes)]
+    for c, (name, n) in enumerate(zip(names, counts)):
+        os.makedirs(os.path.join(root, name), exist_ok=True)
+        for k in range(n):
+            w, h = sizes[int(rng.integers(len(sizes)))]
+            color = (round(255 * (c + 0.5) / classes), round(255 * (k + 0.5) / max(counts)), int(rng.integers(256)))
+            path = os.path.join(root, name, f"img{k:02d}{('.jpg', '.JPEG', '.jpeg')[k % 3]}")
+            Image.new("RGB", (w, h), color).save(path, format="JPEG", quality=95)
+    return names
+
+
+def convert_resnet18(tmp, seed: int, classes: int, size: int) -> str:
+    """A torchvision-layout ResNet-18 (random weights, calibrated BatchNorm) written as a
+    PyTorch state dict and brought in with ``dissectjax convert``; returns the checkpoint path.
+    Skips the test where PyTorch is not installed."""
+    import pytest
+
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed: the checkpoints are converted from it")
+    from test_convert import torch_model
+
+    from dissectjax.cli import main
+
+    weights = os.path.join(tmp, f"resnet18-{seed}.pth")
+    torch.save(torch_model("resnet18", num_classes=classes, seed=seed).state_dict(), weights)
+    out = os.path.join(tmp, f"resnet18-{seed}")
+    assert main(["convert", "--arch", "resnet18", "--weights", weights, "--out", out, "--input-size", str(size)]) == 0
+    return out

@@ -2,11 +2,16 @@
 
 The layer's activations are computed once per image (:class:`LayerData`). Every
 intervention is a :class:`~dissectjax.edit.UnitEdit` applied to those stored activations,
-after which a model that can resume its forward pass above a sown layer (SceneNet's
-``from_layer``) runs only the layers above it; any other sown model reruns whole, with
-the edit applied where the layer is sown (:func:`~dissectjax.edit.with_edits`). Either way
-the logits are those of the edited network (tested against folding the edit into the
-weights). Many edits are vmapped per compiled call.
+which are then given to the model in place of the layer (the ``layer_values`` collection of
+:func:`~dissectjax.models.common.sow_layer`), so only the network above the layer runs: XLA
+drops the layers below as dead code. That is exact wherever every path from the input to
+the output passes through the layer (plain chains, ResNet stage outputs; decided on the
+traced computation, :func:`~dissectjax.models.layers.depends_only_on`); where a path bypasses
+it (a layer inside a residual block, whose shortcut skips it), the network reruns whole with
+the edit where the layer is sown. Either way the logits are those of the edited network
+(tested against folding the edit into the weights). Many edits are vmapped
+per compiled call; what comes back per edit is three counts per class (:class:`ClassCounts`),
+so a thousand classes cost no K x K confusion matrices.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ import numpy as np
 from dissectjax.edit import UnitEdit, with_edits
 from dissectjax.errors import DissectError
 from dissectjax.evaluate import layer_maps
-from dissectjax.models.layers import sown_layer_names
+from dissectjax.models.common import LAYER_VALUES, nested
+from dissectjax.models.layers import depends_only_on, sown_layer_names
 
 ABLATION_MODES = ("zero", "mean")
 LAYER_BATCH = 250  # images per forward pass when a layer's activations are stored
@@ -30,13 +36,15 @@ LAYER_BATCH = 250  # images per forward pass when a layer's activations are stor
 
 @dataclasses.dataclass
 class LayerData:
-    """A layer's activations [N, h, w, U] on N labelled images (uint8 [N, H, W, C]), and the labels [N]."""
+    """A layer's activations [N, h, w, U] (dense layers [N, 1, 1, U]) on N labelled images
+    (uint8 [N, H, W, C]), and the labels [N]."""
 
     layer: str
     acts: np.ndarray
     images: np.ndarray
     labels: np.ndarray
     num_classes: int
+    above: bool = False  # whether the output depends on the images only through this layer
 
     @property
     def means(self) -> np.ndarray:
@@ -47,6 +55,10 @@ class LayerData:
     def units(self) -> int:
         return int(self.acts.shape[-1])
 
+    @property
+    def image_shape(self) -> tuple[int, ...]:
+        return tuple(self.images.shape[1:])
+
 
 def layer_data(model: nn.Module, variables, layer: str, images: np.ndarray, labels: np.ndarray,
                batch: int = LAYER_BATCH) -> LayerData:  # fmt: skip
@@ -56,82 +68,107 @@ def layer_data(model: nn.Module, variables, layer: str, images: np.ndarray, labe
         raise DissectError(f"unknown layer {layer!r} for ablation in {type(model).__name__}; its sown layers: "
                            f"{', '.join(sown)}")  # fmt: skip
     acts = layer_maps(model, variables, [layer], images, batch)[layer]
-    return LayerData(layer, acts, np.asarray(images), np.asarray(labels), int(model.num_classes))
+    above = depends_only_on(model, variables, layer, jnp.asarray(images[:1]))
+    return LayerData(layer, acts, np.asarray(images), np.asarray(labels), int(model.num_classes), above)
 
 
-def balanced_accuracy(confusion: np.ndarray) -> np.ndarray:
-    """[..., K, K] counts (true class, predicted class) -> [..., K]: (recall + specificity) / 2.
+@dataclasses.dataclass(frozen=True)
+class ClassCounts:
+    """Per-class outcomes of M networks (e.g. M edits) on one labelled set, int64 [M, K] each.
 
-    NaN for a class that has no examples (or is the only class): it was not measured.
-
-    >>> balanced_accuracy(np.array([[3, 1], [0, 4]])).tolist()
-    [0.875, 0.875]
+    hits: images of class k predicted as k; actual: images of class k; predicted: images
+    predicted as k.
     """
-    confusion = np.asarray(confusion, np.float64)
-    total = confusion.sum(axis=(-2, -1))[..., None]
-    hits = np.diagonal(confusion, axis1=-2, axis2=-1)
-    actual = confusion.sum(axis=-1)
-    predicted = confusion.sum(axis=-2)
-    recall = np.where(actual > 0, hits / np.maximum(actual, 1), np.nan)
-    negatives = total - actual
-    specificity = np.where(negatives > 0, (negatives - (predicted - hits)) / np.maximum(negatives, 1), np.nan)
-    return (recall + specificity) / 2
+
+    hits: np.ndarray
+    actual: np.ndarray
+    predicted: np.ndarray
+
+    @classmethod
+    def from_confusion(cls, confusion) -> ClassCounts:
+        """From [..., K, K] counts (true class, predicted class).
+
+        >>> ClassCounts.from_confusion(np.array([[3, 1], [0, 4]])).balanced_accuracy().tolist()
+        [0.875, 0.875]
+        """
+        confusion = np.asarray(confusion, np.int64)
+        return cls(np.diagonal(confusion, axis1=-2, axis2=-1).copy(), confusion.sum(-1), confusion.sum(-2))
+
+    def recall(self) -> np.ndarray:
+        """float [M, K]: the fraction of each class predicted right (NaN for a class without images)."""
+        return np.where(self.actual > 0, self.hits / np.maximum(self.actual, 1), np.nan)
+
+    def balanced_accuracy(self) -> np.ndarray:
+        """float [M, K]: (recall + specificity) / 2 of each class as a one-vs-rest decision.
+
+        NaN for a class that has no images (or is the only class): it was not measured.
+        """
+        total = self.actual.sum(-1, keepdims=True)
+        negatives = total - self.actual
+        false_positives = self.predicted - self.hits
+        specificity = np.where(negatives > 0, (negatives - false_positives) / np.maximum(negatives, 1), np.nan)
+        return (self.recall() + specificity) / 2
+
+    def __getitem__(self, index) -> ClassCounts:
+        return ClassCounts(self.hits[index], self.actual[index], self.predicted[index])
 
 
-def resumes_above(model: nn.Module, layer: str) -> bool:
-    """Whether ``model`` can run only the layers above ``layer`` (``from_layer``)."""
-    return layer in getattr(model, "layer_names", ())
-
-
-@functools.partial(jax.jit, static_argnames=("model", "num_classes", "from_layer"))
-def _confusions(model, variables, edits: UnitEdit, acts, images, labels, num_classes, from_layer):
-    """[M, K, K] confusion counts of the network under each of M stacked edits."""
+@functools.partial(jax.jit, static_argnames=("model", "num_classes", "above"))
+def _class_counts(model, variables, edits: UnitEdit, acts, images, labels, num_classes, above):
+    """int32 [M, 3, K]: hits, actual and predicted per class under each of M stacked edits.
+    ``above``: run only the network above the edited layer, from ``acts`` (``images`` are then
+    zeros of the right shape, dead code); else rerun it whole from ``images`` with the edit
+    where the layer is sown. Labels equal to ``num_classes`` are padding."""
+    valid = labels < num_classes
 
     def one(edit: UnitEdit):
-        if from_layer:
-            logits = model.apply(variables, edit.apply_to(acts), from_layer=edit.layer)
+        if above:
+            edited = {**variables, LAYER_VALUES: nested({edit.layer: edit.apply_to(acts)})}
         else:
-            logits = model.apply(with_edits(variables, edit), images)
-        pred = jnp.argmax(logits, axis=-1)
-        return jnp.zeros((num_classes, num_classes), jnp.int32).at[labels, pred].add(1, mode="drop")
+            edited = with_edits(variables, edit)
+        pred = jnp.argmax(model.apply(edited, images), axis=-1)
+        hits = jnp.zeros(num_classes, jnp.int32).at[labels].add((pred == labels) & valid, mode="drop")
+        actual = jnp.zeros(num_classes, jnp.int32).at[labels].add(valid, mode="drop")
+        predicted = jnp.zeros(num_classes, jnp.int32).at[pred].add(valid, mode="drop")
+        return jnp.stack([hits, actual, predicted])
 
     return jax.vmap(one)(edits)
 
 
-def confusions(model, variables, data: LayerData, masks: np.ndarray, mode: str = "zero", chunk: int = 16,
-               batch: int = LAYER_BATCH) -> np.ndarray:  # fmt: skip
-    """int [M, K, K]: confusion matrices with each mask's units (float [M, U]) set to zero or their mean."""
+def class_counts(model, variables, data: LayerData, masks: np.ndarray, mode: str = "zero", chunk: int = 16,
+                 batch: int = LAYER_BATCH) -> ClassCounts:  # fmt: skip
+    """Per-class counts [M, K] with each mask's units (float [M, U]) set to zero or their mean."""
     if mode not in ABLATION_MODES:
         raise DissectError(f"ablation mode must be one of {', '.join(ABLATION_MODES)}, got {mode!r}")
     masks = np.atleast_2d(np.asarray(masks, np.float32))
     if masks.shape[1] != data.units:
         raise DissectError(f"unit masks of {masks.shape[1]} units for {data.layer} with {data.units} units")
     values = np.zeros(data.units, np.float32) if mode == "zero" else data.means
-    from_layer = resumes_above(model, data.layer)
-    out = np.zeros((len(masks), data.num_classes, data.num_classes), np.int64)
+    out = np.zeros((len(masks), 3, data.num_classes), np.int64)
     for m in range(0, len(masks), chunk):
         part = masks[m : m + chunk]
         if len(part) < chunk:  # pad to keep one compiled shape
             part = np.concatenate([part, np.zeros((chunk - len(part), data.units), np.float32)])
         edits = UnitEdit(data.layer, jnp.asarray(part), jnp.broadcast_to(jnp.asarray(values), part.shape))
         for i in range(0, len(data.acts), batch):
-            acts, images, labels = data.acts[i : i + batch], data.images[i : i + batch], data.labels[i : i + batch]
+            acts, labels = data.acts[i : i + batch], data.labels[i : i + batch]
+            images = np.zeros((batch, *data.image_shape), np.uint8) if data.above else data.images[i : i + batch]
             if len(acts) < batch:
                 pad = batch - len(acts)
                 acts = np.concatenate([acts, np.zeros((pad, *acts.shape[1:]), acts.dtype)])
-                images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
                 labels = np.concatenate([labels, np.full(pad, data.num_classes, labels.dtype)])  # dropped
-            c = _confusions(model, variables, edits, jnp.asarray(acts) if from_layer else None,
-                            None if from_layer else jnp.asarray(images), jnp.asarray(labels), data.num_classes,
-                            from_layer)  # fmt: skip
+                images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])[:batch]
+            c = _class_counts(model, variables, edits, jnp.asarray(acts), jnp.asarray(images), jnp.asarray(labels),
+                              data.num_classes, data.above)  # fmt: skip
             out[m : m + chunk] += np.asarray(c)[: len(masks) - m]
-    return out
+    return ClassCounts(out[:, 0], out[:, 1], out[:, 2])
 
 
-def single_unit_damage(model, variables, data: LayerData, mode: str = "zero") -> tuple[np.ndarray, np.ndarray]:
+def single_unit_damage(model, variables, data: LayerData, mode: str = "zero", chunk: int = 16,
+                       batch: int = LAYER_BATCH) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """(baseline balanced accuracy [K], damage [U, K]: its drop when each unit alone is ablated)."""
     masks = np.concatenate([np.zeros((1, data.units), np.float32), np.eye(data.units, dtype=np.float32)])
-    ba = balanced_accuracy(confusions(model, variables, data, masks, mode))
+    ba = class_counts(model, variables, data, masks, mode, chunk=chunk, batch=batch).balanced_accuracy()
     return ba[0], ba[0][None] - ba[1:]
 
 

@@ -15,7 +15,8 @@ Bad input gets a 4xx with ``{"error": message}`` (one line), never a stack trace
 page elsewhere that points its own name at this machine):
 
 - the ``Host`` header must be one of the app's allowed hosts: the bound address with the bound
-  port, and for a loopback bind also ``localhost`` and ``[::1]`` (else 421);
+  port, for a loopback bind also ``localhost`` and ``[::1]``, and the names given with
+  ``--allow-host NAME[:PORT]`` (else 421);
 - a POST whose ``Origin`` is present must come from ``http://`` + an allowed host (else 403);
 - an API request a browser marks ``Sec-Fetch-Site: cross-site`` or ``same-site`` is refused (403);
 - responses may not be framed or embedded by other sites (``SECURITY_HEADERS``);
@@ -79,15 +80,60 @@ def is_wildcard(host: str) -> bool:
 
 
 def authority(host: str, port: int | None) -> str:
-    """``host:port`` as a Host header writes it: lower case, IPv6 in brackets, no port if None.
+    """``host:port`` as a Host header writes it: lower case, an IP address in its canonical form,
+    IPv6 in brackets, no port if None. Also the URL's authority (``http://`` + this).
 
-    >>> authority("::1", 8050), authority("LocalHost", None)
-    ('[::1]:8050', 'localhost')
+    >>> authority("::1", 8050), authority("LocalHost", None), authority("0:0::1", None)
+    ('[::1]:8050', 'localhost', '[::1]')
     """
-    host = host.lower()
-    if ":" in host and not host.startswith("["):
+    host = host.lower().removeprefix("[").removesuffix("]")
+    try:
+        host = str(ipaddress.ip_address(host))
+    except ValueError:
+        pass  # a name
+    if ":" in host:
         host = f"[{host}]"
     return host if port is None else f"{host}:{port}"
+
+
+_HOST_PORT = re.compile(r"(?:\[(?P<v6>[0-9a-fA-F:.]+)\]|(?P<name>[A-Za-z0-9._-]+))(?::(?P<port>[0-9]{1,5}))?")
+
+
+def split_host(text: str) -> tuple[str, int | None] | None:
+    """``(host, port or None)`` of a Host header (``name``, ``name:port``, ``[v6]:port``), the
+    host in :func:`authority`'s form; None when ``text`` is not one (e.g. a bare IPv6 address,
+    a URL, a port past 65535).
+
+    >>> split_host("[::1]:8050"), split_host("LocalHost"), split_host("::1"), split_host("x:99999")
+    (('[::1]', 8050), ('localhost', None), None, None)
+    """
+    match = _HOST_PORT.fullmatch(text.strip())
+    if match is None or (match["port"] and int(match["port"]) > 65535):
+        return None
+    if match["v6"]:
+        try:
+            ipaddress.IPv6Address(match["v6"])
+        except ValueError:
+            return None
+    return authority(match["v6"] or match["name"], None), int(match["port"]) if match["port"] else None
+
+
+def allowed_host(text: str) -> tuple[str, int | None]:
+    """An ``--allow-host`` value: a host name or address, optionally with ``:PORT`` (a bare IPv6
+    address is taken whole). DissectError when it is none of these.
+
+    >>> allowed_host("Box.lan"), allowed_host("localhost:9000"), allowed_host("::1")
+    (('box.lan', None), ('localhost', 9000), ('[::1]', None))
+    """
+    try:
+        return authority(str(ipaddress.IPv6Address(text.strip())), None), None
+    except ValueError:
+        pass
+    parsed = split_host(text)
+    if parsed is None:
+        raise DissectError(f"--allow-host {text!r} is not a host; expected a host name or address, optionally with "
+                           ":PORT (e.g. box.lan, localhost:9000 for an SSH tunnel, [::1]:9000)")  # fmt: skip
+    return parsed
 
 
 def allowed_hosts(host: str, port: int, extra: Iterable[str] = ()) -> frozenset[str]:
@@ -95,18 +141,22 @@ def allowed_hosts(host: str, port: int, extra: Iterable[str] = ()) -> frozenset[
 
     A loopback bind also answers to ``localhost`` and ``[::1]``; a wildcard bind to those, this
     machine's name and the wildcard itself (the URL ``serve`` prints; a literal address cannot be
-    rebound); ``extra`` names are accepted too.
+    rebound). ``extra`` (:func:`allowed_host` values) are accepted too: on their own port if they
+    give one (an SSH tunnel's local end, ``localhost:9000``), else on ``port``.
 
     >>> sorted(allowed_hosts("127.0.0.1", 8050))
     ['127.0.0.1:8050', '[::1]:8050', 'localhost:8050']
+    >>> sorted(allowed_hosts("::1", 8050, ["localhost:9000"]))
+    ['127.0.0.1:8050', '[::1]:8050', 'localhost:8050', 'localhost:9000']
     """
-    names = {*extra, host} - {""}
+    names = {host} - {""}
     if is_wildcard(host):
         names |= {*LOOPBACK_NAMES, socket.gethostname()}
     if is_loopback(host):
         names |= set(LOOPBACK_NAMES)
-    ports = (port, None) if port == 80 else (port,)
-    return frozenset(authority(name, p) for name in names for p in ports)
+    entries = [(name, None) for name in names] + [allowed_host(x) for x in extra]
+    with_ports = lambda p: (p, None) if p == 80 else (p,)
+    return frozenset(authority(name, p) for name, own in entries for p in with_ports(own or port))
 
 
 def _shown(value: str, limit: int = 100) -> str:
@@ -115,18 +165,24 @@ def _shown(value: str, limit: int = 100) -> str:
 
 
 def host_refusal(host: str | None, allowed: frozenset[str]) -> str | None:
-    """Why a request with this Host header is refused, or None if it is one of ``allowed``."""
-    if host is not None and host.lower() in allowed:
+    """Why a request with this Host header is refused, or None if it names one of ``allowed``
+    (compared in :func:`authority`'s form, so ``[0:0::1]:8050`` is ``[::1]:8050``)."""
+    parsed = None if host is None else split_host(host)
+    if parsed is not None and authority(*parsed) in allowed:
         return None
     what = "a request without a Host header" if host is None else f"Host {_shown(host)}"
     accepted = ", ".join(sorted(allowed)) or "nothing yet"
     return (f"refused {what}: this app answers only to {accepted} (a guard against DNS rebinding); "
-            "open one of those, or start the app with --host set to the address you use")  # fmt: skip
+            "open one of those, or start the app with --host set to the address you use, or --allow-host "
+            "NAME[:PORT] for a name (or an SSH tunnel's local end) that reaches it")  # fmt: skip
 
 
 def origin_refusal(method: str, origin: str | None, allowed: frozenset[str]) -> str | None:
     """Why a request from a page at ``origin`` is refused (POSTs from other origins), or None."""
-    if method in SAFE_METHODS or origin is None or origin.lower() in {f"http://{h}" for h in allowed}:
+    if method in SAFE_METHODS or origin is None:
+        return None
+    parsed = split_host(origin[len("http://") :]) if origin.lower().startswith("http://") else None
+    if parsed is not None and authority(*parsed) in allowed:
         return None
     return f"refused a cross-origin {method} from {_shown(origin)}: only this app's own page may send one"
 
@@ -201,7 +257,8 @@ def create_app(service: AppService, allowed_hosts: Iterable[str] | None = None) 
     """The Flask application answering from ``service``, to requests whose Host is one of
     ``allowed_hosts`` (``host:port`` as the header writes it; default: the test client's
     ``localhost``; :func:`serve` passes the bound address's)."""
-    allowed = frozenset(h.lower() for h in (TEST_CLIENT_HOSTS if allowed_hosts is None else allowed_hosts))
+    given = TEST_CLIENT_HOSTS if allowed_hosts is None else allowed_hosts
+    allowed = frozenset(authority(*parsed) for parsed in map(split_host, given) if parsed is not None)
     app = Flask("dissectjax")
     app.config["MAX_CONTENT_LENGTH"] = MAX_REQUEST_BYTES
     app.json.sort_keys = False
@@ -290,7 +347,8 @@ def serve(
     """Runs the app until interrupted; ``ready(server)`` is called once it listens (port 0: any free port).
 
     It answers only requests naming the address it is bound to (:func:`allowed_hosts` of the given
-    host and of the bound address, with the bound port), and ``extra_hosts`` names on that port.
+    host and of the bound address, with the bound port), and ``extra_hosts`` (:func:`allowed_host`
+    values: names on that port, or ``name:port``). ``server.url`` is the address to open.
     """
     from werkzeug.serving import make_server
 
@@ -298,6 +356,7 @@ def serve(
     bound_host, bound_port = server.server_address[:2]
     hosts = allowed_hosts(host, bound_port, extra_hosts) | allowed_hosts(bound_host, bound_port)
     server.app = create_app(service, allowed_hosts=hosts)  # before serving: the port is known only now
+    server.url = f"http://{authority(bound_host, bound_port)}/"
     if ready is not None:
         ready(server)
     try:

@@ -16,17 +16,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from dissectjax.analysis.ablation import LayerData, balanced_accuracy, confusions, layer_data
+from dissectjax.analysis.ablation import LayerData, class_counts, layer_data
 from dissectjax.errors import DissectError
 from dissectjax.report import AblationView, ConceptQuery, Dissection, LayerComparison, UnitView
-
-
-def per_class_accuracy(confusion: np.ndarray) -> np.ndarray:
-    """[..., K, K] counts (true, predicted) -> [..., K]: the fraction of each class predicted right (NaN if none)."""
-    confusion = np.asarray(confusion, np.float64)
-    actual = confusion.sum(axis=-1)
-    hits = np.diagonal(confusion, axis1=-2, axis2=-1)
-    return np.where(actual > 0, hits / np.maximum(actual, 1), np.nan)
 
 
 @dataclasses.dataclass
@@ -41,20 +33,20 @@ class Classifier:
     source: str  # where the model came from, for the page
 
 
-def scene_classifier(checkpoint: str, images: int) -> Classifier:
-    """A scene classifier checkpoint, measured on the held-out ``eval`` split of synthetic scenes."""
+def load_classifier(checkpoint: str, data: str = "synthetic", images: int | None = 1000,
+                    data_dir: str | None = None) -> Classifier:  # fmt: skip
+    """A classifier checkpoint and the ``eval`` split of a labelled image set
+    (:func:`dissectjax.data.labelled.open_labelled`: ``synthetic``, ``digits``, a class-folder
+    directory or ``tfds:NAME[:SPLIT]``), at most ``images`` of them, at the checkpoint's input size."""
     from dissectjax.checkpoint import load_checkpoint
-    from dissectjax.data.splits import SCENE_CLASSES, scene_images
+    from dissectjax.data.labelled import open_labelled
 
     model, variables, config = load_checkpoint(checkpoint, fold=True)  # whitened axes edit as plain units
-    classes = SCENE_CLASSES
-    if getattr(model, "num_classes", None) != len(classes):
-        raise DissectError(
-            f"the checkpoint's model has {getattr(model, 'num_classes', '?')} outputs, but live ablation measures "
-            f"scene classifiers ({len(classes)} classes); serve the dissection without a model to browse only"
-        )
-    x, y = scene_images(images, "eval", image_size=int(config["input_shape"][0]))
-    return Classifier(model, variables, x, y, classes, checkpoint)
+    num_classes = getattr(model, "num_classes", None)
+    if not isinstance(num_classes, int):
+        raise DissectError(f"{checkpoint}: its model has no num_classes, so it is not a classifier to ablate live")
+    labelled = open_labelled(data, "eval", images, tuple(config["input_shape"]), num_classes, data_dir=data_dir)
+    return Classifier(model, variables, labelled.images, labelled.labels, labelled.class_names, checkpoint)
 
 
 class AppService:
@@ -108,7 +100,7 @@ class AppService:
             counts = np.bincount(data.labels, minlength=k)
             sums = np.bincount(data.labels, weights=acts, minlength=k)
             per_class["mean activation"] = np.where(counts > 0, sums / np.maximum(counts, 1), np.nan)
-        if self.stats is not None and layer in self.stats.grad:
+        if self.stats is not None and layer in self.stats.grad and unit < self.stats.grad[layer].shape[1]:
             means = self.stats.means(layer)
             per_class["mean gradient (training)"] = means["grad"][:, unit]
         classes = self.classifier.classes if self.classifier else ()
@@ -159,22 +151,28 @@ class AppService:
         masks = np.zeros((2, r.units), np.float32)
         masks[1, units] = 1.0
         with self._lock:
-            confusion = confusions(self.classifier.model, self.classifier.variables, data, masks, mode)
-        return AblationView(layer, units, self.classifier.classes, per_class_accuracy(confusion),
-                            balanced_accuracy(confusion), len(data.labels))  # fmt: skip
+            counts = class_counts(self.classifier.model, self.classifier.variables, data, masks, mode)
+        return AblationView(layer, units, self.classifier.classes, counts.recall(), counts.balanced_accuracy(),
+                            len(data.labels))  # fmt: skip
 
 
 def open_service(directory: str, checkpoint: str | None = None, stats: str | None = None, images: int = 1000,
-                 with_model: bool = True) -> AppService:  # fmt: skip
+                 with_model: bool = True, data: str = "synthetic",
+                 data_dir: str | None = None) -> AppService:  # fmt: skip
     """The app's service for a dissection ``directory``: its checkpoint (default: the one the
-    dissection recorded) loaded for live ablation on ``images`` held-out scenes, and per-class
-    unit statistics from ``dissectjax specialize`` if given."""
+    dissection recorded) loaded for live ablation on ``images`` held-out images of ``data``
+    (:func:`load_classifier`), and per-class unit statistics from ``dissectjax specialize`` if given."""
     import os
 
     from dissectjax.report import Dissection
     from dissectjax.train.class_stats import ClassUnitStats
 
-    dissection = Dissection.load(directory)
+    dissection = Dissection.load(directory)  # every file checked (dissectjax.results)
+    loaded = None
+    if stats:  # before the model: it is cheap to read
+        if not os.path.isfile(stats):
+            raise DissectError(f"statistics file {stats} does not exist (write it with `dissectjax specialize`)")
+        loaded = ClassUnitStats.load(stats)
     checkpoint = checkpoint or dissection.summary.get("checkpoint")
     classifier = None
     if checkpoint and with_model:
@@ -182,10 +180,5 @@ def open_service(directory: str, checkpoint: str | None = None, stats: str | Non
             raise DissectError(
                 f"checkpoint {checkpoint} does not exist; give another checkpoint, or serve without a model"
             )
-        classifier = scene_classifier(checkpoint, images)
-    loaded = None
-    if stats:
-        if not os.path.isfile(stats):
-            raise DissectError(f"statistics file {stats} does not exist (write it with `dissectjax specialize`)")
-        loaded = ClassUnitStats.load(stats)
+        classifier = load_classifier(checkpoint, data, images, data_dir)
     return AppService(dissection, classifier, loaded)

@@ -84,6 +84,9 @@ def cmd_dissect(args) -> int:
         raise DissectError(
             "--skip-missing would misalign --activations rows with index.csv rows; fix the files instead"
         )
+    if args.layout and not args.activations:
+        raise DissectError(f"--layout {args.layout} says how a stored --activations array is laid out; a model's "
+                           "layers are always NHWC: drop --layout, or give --activations FILE.npy")  # fmt: skip
     dataset, dataset_name = open_probe(args.dataset, progress, say, args.split, args.skip_missing,
                                        args.tfds_data_dir, args.tfds_map)  # fmt: skip
     if args.activations:
@@ -91,7 +94,7 @@ def cmd_dissect(args) -> int:
             raise DissectError(
                 "--activations dissects a stored array; do not combine it with --model/--checkpoint/--layers"
             )
-        source = ArraySource.from_npy(args.activations, len(dataset), args.layout, dataset.shapes[:, 2:])
+        source = ArraySource.from_npy(args.activations, len(dataset), args.layout or "nchw", dataset.shapes[:, 2:])
         model_name = f"activations:{os.path.abspath(args.activations)}"
     else:
         source, model_name = model_source_from_args(args, dataset)
@@ -154,7 +157,7 @@ def add_parsers(sub) -> None:
     s.add_argument("--out", required=True, help="output directory (replaced if it holds an earlier result)")
     s.add_argument("--layers", help="comma-separated layer names, e.g. conv4,conv5")
     s.add_argument("--activations", help="precomputed activations [N, U, h, w] .npy (row i = index.csv row i)")
-    s.add_argument("--layout", choices=["nchw", "nhwc"], default="nchw",
+    s.add_argument("--layout", choices=["nchw", "nhwc"],
                    help="axes of --activations: nchw [N, U, h, w] (default) or nhwc [N, h, w, U]")  # fmt: skip
     s.add_argument(
         "--quantile", type=finite_float, default=DEFAULTS.quantile, help="top quantile per unit (default: %(default)s)"

@@ -19,21 +19,23 @@ def cmd_report(args) -> int:
 
 def cmd_serve(args) -> int:
     from dissectjax.app import open_service, serve
-    from dissectjax.app.server import is_loopback
+    from dissectjax.app.server import allowed_host, is_loopback
 
     positive(args.images, "--images")
     if not 0 <= args.port <= 65535:
         raise DissectError(f"--port must be between 0 and 65535, got {args.port}")
-    if not is_loopback(args.host):
+    for name in args.allow_host:
+        allowed_host(name)  # checked before anything is loaded
+    service = open_service(args.directory, args.checkpoint, args.stats, args.images, with_model=not args.no_model,
+                           data=args.data, data_dir=args.data_dir)  # fmt: skip
+    if not is_loopback(args.host):  # after loading: bad input ends in its one line alone
         print(f"warning: serving on {args.host}: the app has no authentication; anyone who can reach this address "
               "can use it and run the model", file=sys.stderr)  # fmt: skip
-    service = open_service(args.directory, args.checkpoint, args.stats, args.images, with_model=not args.no_model)
 
     def ready(server):
-        host, port = server.server_address[:2]
-        print(f"dissectjax app on http://{host}:{port}/ (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        print(f"dissectjax app on {server.url} (Ctrl-C to stop)", file=sys.stderr, flush=True)
 
-    serve(service, args.host, args.port, ready)
+    serve(service, args.host, args.port, ready, extra_hosts=args.allow_host)
     return 0
 
 
@@ -51,6 +53,14 @@ def add_parsers(sub) -> None:
     s.add_argument(
         "--images", type=positive_int, default=1000, help="held-out images for ablation (default: %(default)s)"
     )
+    s.add_argument("--data", default="synthetic",
+                   help="labelled images for live ablation: synthetic (default), digits, a class-folder directory "
+                        "DIR/<class>/*.jpg, or tfds:NAME[:SPLIT] (as for dissectjax ablate)")  # fmt: skip
+    s.add_argument("--data-dir", help="where prepared TFDS datasets are (for --data tfds:...)")
     s.add_argument("--host", default=LOOPBACK, help="address to bind (default: %(default)s, this machine only)")
     s.add_argument("--port", type=int, default=8050, help="port (default: %(default)s; 0 picks a free one)")
+    s.add_argument("--allow-host", action="append", default=[], metavar="NAME[:PORT]",
+                   help="also answer requests that name this host (repeatable): a name that reaches the app, or an "
+                        "SSH tunnel's local end, e.g. localhost:9000 (default: only the bound address, and "
+                        "localhost on a loopback bind)")  # fmt: skip
     s.set_defaults(func=cmd_serve)

@@ -43,12 +43,12 @@ def cmd_specialize(args) -> int:
     if args.checkpoint or args.stats:
         if not (args.checkpoint and args.stats):
             raise DissectError("--checkpoint and --stats go together (a trained model and its saved statistics)")
-        model, variables, _ = load_checkpoint(args.checkpoint)
-        params = variables["params"]
-        stats = ClassUnitStats.load(args.stats)
+        stats = ClassUnitStats.load(args.stats)  # checked first: it is cheap to read
         missing = [name for name in layers if name not in stats.grad]
         if missing:
             raise DissectError(f"--stats {args.stats} has no statistics for {missing}; it has {sorted(stats.grad)}")
+        model, variables, _ = load_checkpoint(args.checkpoint)
+        params = variables["params"]
         images, labels, _ = digit_set(args.data, args.images, args.seed, args.data_dir, args.crossed, "test")
     else:
         if os.path.exists(os.path.join(args.out, "checkpoint")):

@@ -12,6 +12,7 @@ import csv
 import dataclasses
 import os
 import re
+import warnings
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -60,10 +61,15 @@ def encode_label_png(labels: np.ndarray) -> np.ndarray:
     return rgb
 
 
+def _label_numbers(rgb: np.ndarray) -> np.ndarray:
+    """uint8 [h, w, 3] -> int32 [h, w] label numbers (R + 256 * G)."""
+    rgb = np.asarray(rgb, np.int32)
+    return rgb[..., 0] + 256 * rgb[..., 1]
+
+
 def decode_label_png(path: str) -> np.ndarray:
     """A segmentation PNG -> int32 [h, w] label numbers (R + 256 * G)."""
-    rgb = np.asarray(Image.open(path).convert("RGB"), np.int32)
-    return rgb[..., 0] + 256 * rgb[..., 1]
+    return _label_numbers(np.asarray(Image.open(path).convert("RGB")))
 
 
 def primary_category(field: str) -> str:
@@ -75,11 +81,30 @@ def primary_category(field: str) -> str:
 
 
 def _read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
+    """(columns, rows) of a Broden CSV table; a file that is not UTF-8 text in CSV form is a
+    DissectError naming it (a UTF-8 byte order mark is accepted)."""
     if not os.path.isfile(path):
         raise DissectError(f"{path} is missing: a Broden directory needs index.csv and label.csv")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        return list(reader.fieldnames or []), list(reader)
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            reader = csv.DictReader(f)
+            return list(reader.fieldnames or []), list(reader)
+    except UnicodeDecodeError as e:
+        raise DissectError(f"{path}: byte {e.start} is not UTF-8 text ({e.reason}); expected a CSV table in UTF-8: "
+                           "convert the file to UTF-8") from None  # fmt: skip
+    except csv.Error as e:
+        raise DissectError(f"{path}: malformed CSV ({_one_line(e)}); expected a CSV table with a header row") from None
+    except OSError as e:
+        raise DissectError(f"{path}: cannot read it ({_one_line(e)})") from None
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split())
+
+
+def _hw(size: Sequence[int]) -> str:
+    """``(h, w)`` as ``"HxW"`` (height first, as index.csv gives sizes)."""
+    return "x".join(str(int(x)) for x in size)
 
 
 def _cell_parts(cell: str | None) -> list[str]:
@@ -252,18 +277,40 @@ class BrodenDataset:
     def _where(self, i: int) -> str:
         return f"{self.root}/index.csv line {self._rows[i]['_line']} ({self._rows[i]['image']})"
 
+    def _picture(self, i: int, name: str, what: str, size: tuple[int, int]) -> np.ndarray:
+        """uint8 [h, w, 3] of the picture ``name`` (under images/) of row i, the row's ``what``.
+
+        Its header is read first: a picture that declares another size than ``size`` (h, w, as
+        index.csv gives it), or more pixels than PIL's decompression-bomb limit, is refused
+        before its pixels are decoded.
+        """
+        path = self._path(name)
+        where = f"{self._where(i)}: {what} {path}"
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                picture = Image.open(path)
+        except FileNotFoundError:
+            raise DissectError(f"{where} is missing") from None
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise DissectError(f"{where} declares too many pixels ({_one_line(e)}); expected a picture of "
+                               f"{_hw(size)} pixels, as index.csv says") from None  # fmt: skip
+        except (OSError, ValueError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
+            raise DissectError(f"{where}: cannot read it ({_one_line(e)}); expected a PNG or JPEG picture") from None
+        with picture:
+            declared = (picture.height, picture.width)
+            if declared != tuple(size):
+                raise DissectError(f"{where} is {_hw(declared)} pixels, index.csv says {_hw(size)}; expected them to "
+                                   "agree: fix the picture or the row's sizes")  # fmt: skip
+            try:
+                return np.asarray(picture.convert("RGB"))
+            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                raise DissectError(f"{where}: cannot decode it ({_one_line(e)}); expected an intact PNG or JPEG "
+                                   "picture") from None  # fmt: skip
+
     def load_image(self, i: int) -> np.ndarray:
         """uint8 [ih, iw, 3]."""
-        path = self._path(self._rows[i]["image"])
-        try:
-            image = np.asarray(Image.open(path).convert("RGB"))
-        except FileNotFoundError:
-            raise DissectError(f"{self._where(i)}: image file {path} is missing") from None
-        except OSError as e:
-            raise DissectError(f"{self._where(i)}: cannot read image {path}: {e}") from None
-        if image.shape[:2] != self.image_size(i):
-            raise DissectError(f"{self._where(i)}: image is {image.shape[:2]}, index.csv says {self.image_size(i)}")
-        return image
+        return self._picture(i, self._rows[i]["image"], "image file", self.image_size(i))
 
     def split_of(self, i: int) -> str:
         """The ``split`` column of row ``i`` ('' where index.csv has none)."""
@@ -279,18 +326,7 @@ class BrodenDataset:
             if parts and all(p.isdigit() for p in parts):
                 image_level[c] = [int(p) for p in parts]
             elif parts:
-                maps = []
-                for name in parts:
-                    try:
-                        m = decode_label_png(self._path(name))
-                    except FileNotFoundError:
-                        raise DissectError(f"{self._where(i)}: segmentation {self._path(name)} is missing") from None
-                    except OSError as e:
-                        raise DissectError(f"{self._where(i)}: cannot read segmentation {name}: {e}") from None
-                    if m.shape != size:
-                        raise DissectError(f"{self._where(i)}: segmentation {name} is {m.shape}, index.csv says {size}")
-                    maps.append(m)
-                pixel[c] = maps
+                pixel[c] = [_label_numbers(self._picture(i, name, "segmentation", size)) for name in parts]
         image = self.load_image(i) if with_image else None
         return BrodenRow(raw["image"], raw["split"], self.image_size(i), size, pixel, image_level, image)
 

@@ -11,8 +11,12 @@ tfds:NAME[:split]``). Records keep the source's row order.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import shutil
+import sys
+from collections.abc import Iterator
 from typing import ClassVar
 
 import numpy as np
@@ -48,7 +52,10 @@ class _ProbeBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         ds = self._dataset()
         shapes = np.unique(ds.shapes, axis=0)
         if len(shapes) != 1:
-            raise DissectError(f"a TFDS probe set needs one image and label size; this one has {len(shapes)}")
+            sizes = ", ".join(f"{ih}x{iw} images with {sh}x{sw} labels" for ih, iw, sh, sw in shapes[:3].tolist())
+            raise DissectError(f"{ds.root}: a TFDS probe set needs one image and label size; this one has "
+                               f"{len(shapes)} ({sizes}{', ...' if len(shapes) > 3 else ''}); expected rows of one "
+                               "size: prepare each size as its own Broden directory")  # fmt: skip
         ih, iw, sh, sw = (int(x) for x in shapes[0])
         layers, most = max(ds.label_layers, 1), max(ds.max_image_labels, 1)
         return tfds.core.DatasetInfo(
@@ -109,22 +116,58 @@ class DissectjaxBroden(_ProbeBuilder):
     """A Broden-format directory (e.g. broden1_224), read from the builder's manual_dir."""
 
     def _probe(self, source_dir):
-        if not source_dir or not os.path.isfile(os.path.join(source_dir, "index.csv")):
-            raise DissectError(f"{source_dir!r} holds no Broden index.csv; give the Broden directory as the source")
+        expected = "a Broden-format directory (index.csv, label.csv, images/)"
+        if not source_dir:
+            raise DissectError(f"dissectjax_broden reads a Broden directory: give --source DIR, {expected}")
+        if not os.path.isdir(source_dir):
+            raise DissectError(f"source {source_dir} is not a directory; expected {expected}")
+        if not os.path.isfile(os.path.join(source_dir, "index.csv")):
+            raise DissectError(f"source {source_dir} holds no Broden index.csv; expected {expected}")
         return BrodenDataset(source_dir)
 
 
 BUILDERS = {"dissectjax_scenes": DissectjaxScenes, "dissectjax_broden": DissectjaxBroden}
 
 
-def prepare(name: str, data_dir: str, config: str | None = None, source_dir: str | None = None) -> str:
+def prepare(name: str, data_dir: str, config: str | None = None, source_dir: str | None = None,
+            progress: bool | None = None) -> str:  # fmt: skip
     """Prepares builder ``name`` (array_record) under ``data_dir``; returns the dataset's directory.
 
     ``source_dir``: the Broden directory for ``dissectjax_broden`` (the builder's manual data).
+    ``progress``: TFDS's progress bars on stderr (a global TFDS setting; default: only when
+    stderr is a terminal, so that a log holds nothing but messages).
+    Bad input (an unknown builder or config, a source that is not a readable Broden directory,
+    a ``data_dir`` that is not a directory or cannot be written) is a DissectError, and what the
+    failed preparation created under ``data_dir`` is removed.
     """
     if name not in BUILDERS:
         raise DissectError(f"unknown builder {name!r}; builders: {', '.join(BUILDERS)}")
+    builder_class = BUILDERS[name]
+    configs = [c.name for c in builder_class.BUILDER_CONFIGS]
+    if config is not None and config not in configs:
+        takes = f"its configs are {', '.join(configs)}" if configs else "it takes no --config"
+        raise DissectError(f"{name} has no config {config!r}; {takes}")
+    if os.path.exists(data_dir) and not os.path.isdir(data_dir):
+        raise DissectError(f"--data-dir {data_dir} is a file; expected a directory to write the dataset into")
     kwargs = {"config": config} if config else {}
-    builder = BUILDERS[name](data_dir=data_dir, file_format="array_record", source_dir=source_dir, **kwargs)
-    builder.download_and_prepare()
+    tfds.display_progress_bar(sys.stderr.isatty() if progress is None else progress)
+    with _removed_on_failure([data_dir, os.path.join(data_dir, "downloads"), os.path.join(data_dir, name)]):
+        try:
+            builder = builder_class(data_dir=data_dir, file_format="array_record", source_dir=source_dir, **kwargs)
+            builder.download_and_prepare()
+        except OSError as e:
+            raise DissectError(f"cannot write the dataset under {data_dir}: {' '.join(str(e).split())}") from None
     return str(builder.data_dir)
+
+
+@contextlib.contextmanager
+def _removed_on_failure(paths: list[str]) -> Iterator[None]:
+    """Removes those of ``paths`` (outermost first) that did not exist before, if the block fails."""
+    existed = {p: os.path.exists(p) for p in paths}
+    try:
+        yield
+    except BaseException:
+        for path in paths:
+            if not existed[path]:
+                shutil.rmtree(path, ignore_errors=True)
+        raise

@@ -13,8 +13,10 @@ from the last save with bit-identical results.
 from __future__ import annotations
 
 import functools
+import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -42,6 +44,105 @@ def per_device_batch(config: DissectConfig, images: int) -> int:
     return max(1, min(config.batch_size, images))
 
 
+# ---- will one batch fit? ------------------------------------------------------------------------
+GiB = float(1 << 30)
+
+
+class BatchMemory(NamedTuple):
+    """What one batch of ``batch`` rows needs on a device (bytes), at its peak: the tally of ``layer``."""
+
+    batch: int
+    layer: str
+    parts: dict[str, int]  # what it is made of, by name
+
+    @property
+    def total(self) -> int:
+        return sum(self.parts.values())
+
+    def describe(self) -> str:
+        return ", ".join(f"{name} {_size(n)}" for name, n in self.parts.items())
+
+
+def _size(n: float) -> str:
+    """Bytes, readably: ``1.5 GiB``, ``45.9 MiB``, ``19.5 KiB``."""
+    for unit, scale in (("GiB", GiB), ("MiB", float(1 << 20))):
+        if n >= scale / 10:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n / 1024:.1f} KiB"
+
+
+def batch_memory(batch: int, image_size: tuple[int, int] | None, label_size: tuple[int, int], label_layers: int,
+                 layers: Mapping[str, tuple[int, int, int]], concepts: int, strategy: str) -> BatchMemory:  # fmt: skip
+    """Estimates the device memory one batch of a dissection needs, from what the driver holds
+    at once: the images (uint8 and their float32 copy in the model; ``image_size`` None for
+    stored activations), every layer's activations ``layers[name] = (h, w, U)`` in float32
+    (a source computes all layers together), the label maps (int32 [L, sh, sw], read and
+    re-indexed), and for the one layer being tallied, its activations upsampled to the label
+    size in float32 [sh, sw, U], plus for the ``dense`` strategy a bf16 one-hot [sh, sw, C]. An
+    estimate, linear in ``batch``: XLA fuses some of these and needs a little more elsewhere.
+
+    >>> m = batch_memory(64, (224, 224), (112, 112), 5, {"layer4": (7, 7, 512)}, 1202, "dense")
+    >>> m.layer, round(m.total / GiB, 2)
+    ('layer4', 3.41)
+    >>> m.describe()
+    'images 45.9 MiB, activations 6.1 MiB, labels 31.2 MiB, layer4 at 112x112 1.5 GiB, one-hot labels 1.8 GiB'
+    """
+    pixels = label_size[0] * label_size[1]
+    layer = max(layers, key=lambda name: layers[name][2])  # the most units: the largest upsampled masks
+    parts = {
+        "images": batch * (image_size[0] * image_size[1] * 3 * 5 if image_size else 0),
+        "activations": batch * sum(h * w * units * 4 for h, w, units in layers.values()),
+        "labels": batch * (label_layers * pixels * 4 * 2 + concepts * 4 * 2),
+        f"{layer} at {label_size[0]}x{label_size[1]}": batch * pixels * layers[layer][2] * 4,
+    }
+    if strategy == "dense":
+        parts["one-hot labels"] = batch * pixels * concepts * 2
+    return BatchMemory(batch, layer, parts)
+
+
+def device_memory() -> int | None:
+    """Bytes one device has free for a batch: an accelerator's allocator limit less what it holds
+    (``memory_stats``), or on the CPU the host's available memory shared by its local devices
+    (Linux: ``MemAvailable`` of /proc/meminfo, else free pages); None where unknown."""
+    devices = jax.local_devices()
+    stats = devices[0].memory_stats() if hasattr(devices[0], "memory_stats") else None
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        try:
+            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, AttributeError):
+            return None
+    return available // len(devices)
+
+
+def check_batch_memory(source: Source, probe: ProbeDataset, config: DissectConfig,
+                       available: int | None = None) -> BatchMemory:  # fmt: skip
+    """Refuses a batch size whose batches cannot fit on a device (:func:`batch_memory` of the
+    probe set's largest rows against ``available`` bytes, default :func:`device_memory`),
+    naming a batch size that fits. Returns the estimate."""
+    batch = per_device_batch(config, len(probe))
+    sizes = np.unique(np.asarray(probe.shapes).reshape(-1, 4), axis=0)
+    maps = getattr(source, "map_shapes", None) or {}
+    layers = {name: (*maps.get(name, (0, 0)), source.units[name]) for name in source.layers}
+    strategy = config.strategy or default_strategy()
+    estimates = [batch_memory(batch, (int(ih), int(iw)) if source.needs_images else None, (int(sh), int(sw)),
+                              probe.label_layers, layers, len(probe.concepts), strategy)
+                 for ih, iw, sh, sw in sizes]  # fmt: skip
+    worst = max(estimates, key=lambda m: m.total)
+    available = device_memory() if available is None else available
+    if available is not None and worst.total > available:
+        fits = int(available // max(1, worst.total // batch))
+        advice = f"use --batch-size {fits} or less" if fits else "no batch size fits: use a machine with more memory"
+        raise DissectError(f"--batch-size {batch} needs about {_size(worst.total)} per device for layer "
+                           f"{worst.layer} ({worst.describe()}), this device has {_size(available)} available; "
+                           f"{advice}")  # fmt: skip
+    return worst
+
+
 class Passes:
     """One dissection's passes over the probe set, and their saved state.
 
@@ -61,6 +162,7 @@ class Passes:
     ):
         self.parallel = parallel or DataParallel.create()
         self.source, self.probe, self.config = source, probe, config
+        check_batch_memory(source, probe, config)  # before any work
         self.progress = progress if self.parallel.is_main else no_progress
         self.resume = resume
         self.plan = batch_plan(probe, self.parallel.global_batch_size(per_device_batch(config, len(probe))))

@@ -60,6 +60,8 @@ class ModelSource:
         self._forward = forward or activation_fn(model, variables, self.layers, example)
         shapes = jax.eval_shape(self._forward, variables, example)
         self.units = {name: shapes[name].shape[-1] for name in self.layers}
+        self.map_shapes = {name: tuple(shapes[name].shape[1:3]) if shapes[name].ndim == 4 else (1, 1)
+                           for name in self.layers}  # (h, w) of each layer's maps  # fmt: skip
         self.description = type(model).__name__
         self._replicated: dict = {}
 
@@ -142,6 +144,7 @@ class ArraySource:
             self._check_layout(activations.shape, name, layout, label_sizes)
         self.layers = [name]
         self.units = {name: units}
+        self.map_shapes = {name: (h, w)}
         self.description = f"activations {name}"
         self.layout = layout
         self._acts = activations
@@ -248,7 +251,7 @@ def model_source(layers: Sequence[str], image_shape: tuple[int, int, int], check
                  model: str | None = None, seed: int = 0) -> tuple[ModelSource, str]:  # fmt: skip
     """(a source over ``layers`` of a checkpoint's model, or of a registered ``model`` at random
     initialization with ``seed``; the model's name as ``summary.json`` records it)."""
-    from dissectjax.checkpoint import check_image_shape, init_variables, load_checkpoint
+    from dissectjax.checkpoint import check_image_shape, check_model_runs, init_variables, load_checkpoint
     from dissectjax.models import build_model
 
     if not layers:
@@ -263,6 +266,7 @@ def model_source(layers: Sequence[str], image_shape: tuple[int, int, int], check
         name = f"{config['model']}:{os.path.abspath(checkpoint)}"
     elif model:
         net = build_model(model)
+        check_model_runs(net, image_shape)
         variables = init_variables(net, image_shape, seed)
         name = f"{model}:random-init(seed={seed})"
     else:

@@ -55,9 +55,10 @@ class Correlation:
 class Matching:
     """B's slot for each of A's units, and how good the assignment is.
 
-    slot: int [U], ``slot[u]`` = B's unit matched to A's unit u (a permutation).
-    correlation: float [U], correlation of each matched pair.
-    random_mean, random_std: mean matched correlation of random permutations (baseline).
+    slot: int [U], ``slot[u]`` = B's unit matched to A's unit u (a permutation when A and B
+      have as many units; -1 for an A unit left over).
+    correlation: float [U], correlation of each matched pair (NaN for one left over).
+    random_mean, random_std: mean correlation of random one-to-one pairings (baseline).
     """
 
     slot: np.ndarray
@@ -67,37 +68,52 @@ class Matching:
 
     @property
     def mean(self) -> float:
-        return float(self.correlation.mean())
+        return float(np.nanmean(self.correlation))
 
 
 def match(corr: np.ndarray, seed: int = 0, permutations: int = 1000) -> Matching:
-    """One-to-one matching of maximal total correlation, with a random-permutation baseline."""
-    if corr.shape[0] != corr.shape[1]:
-        raise DissectError(f"one-to-one matching needs as many units in A as in B, got {corr.shape}")
+    """One-to-one matching of maximal total correlation, with a random-pairing baseline.
+
+    With more units in A than in B, the A units left over get slot -1 and correlation NaN.
+
+    >>> match(np.array([[0.1, 0.9], [0.8, 0.2]]), permutations=10).slot.tolist()
+    [1, 0]
+    """
     rows, cols = linear_sum_assignment(-corr)
-    slot = np.empty(corr.shape[0], np.int64)
+    slot = np.full(corr.shape[0], -1, np.int64)
     slot[rows] = cols
+    pairs = np.where(slot >= 0, corr[np.arange(corr.shape[0]), np.maximum(slot, 0)], np.nan)
     rng = np.random.default_rng(seed)
-    n = corr.shape[0]
-    random = np.array([corr[np.arange(n), rng.permutation(n)].mean() for _ in range(permutations)])
-    return Matching(slot, corr[np.arange(n), slot], float(random.mean()), float(random.std()))
+    k = min(corr.shape)
+    random = np.array([corr[rng.permutation(corr.shape[0])[:k], rng.permutation(corr.shape[1])[:k]].mean()
+                       for _ in range(permutations)])  # fmt: skip
+    return Matching(slot, pairs, float(random.mean()), float(random.std()))
 
 
-def layer_correlation(model_a, vars_a, model_b, vars_b, layer: str, images: np.ndarray, batch: int = 250):
-    """float [U_A, U_B]: correlation of ``layer``'s units of A and B over ``images`` and positions.
+def layer_correlation(model_a, vars_a, model_b, vars_b, layer: str, images: np.ndarray, batch: int = 250,
+                      layer_b: str | None = None) -> np.ndarray:  # fmt: skip
+    """float [U_A, U_B]: correlation of A's ``layer`` and B's ``layer_b`` (default: the same
+    layer) over ``images`` and positions; the two layers' maps must line up position by position.
 
     One compiled activation function per architecture: two checkpoints of one architecture share it.
     """
+    layer_b = layer_b or layer
     example = jnp.asarray(images[:1])
     fa = activation_fn(model_a, vars_a, [layer], example, jit=True)
-    fb = fa if model_b == model_a else activation_fn(model_b, vars_b, [layer], example, jit=True)
+    fb = activation_fn(model_b, vars_b, [layer_b], example, jit=True)
+    shape_a = jax.eval_shape(fa, vars_a, example)[layer].shape
+    shape_b = jax.eval_shape(fb, vars_b, example)[layer_b].shape
+    if shape_a[:-1] != shape_b[:-1]:
+        raise DissectError(f"A's {layer} maps are {shape_a[1:3]} and B's {layer_b} {shape_b[1:3]}: matching "
+                           "correlates units position by position, so the maps must be the same size")  # fmt: skip
     corr = Correlation()
     for s in batches(len(images), batch):
         x = jnp.asarray(images[s])
-        corr.add(fa(vars_a, x)[layer], fb(vars_b, x)[layer])
+        corr.add(fa(vars_a, x)[layer], fb(vars_b, x)[layer_b])
     return corr.result()
 
 
-def layer_matching(model_a, vars_a, model_b, vars_b, layer: str, images: np.ndarray) -> Matching:
+def layer_matching(model_a, vars_a, model_b, vars_b, layer: str, images: np.ndarray,
+                   layer_b: str | None = None) -> Matching:  # fmt: skip
     """:func:`match` of :func:`layer_correlation`."""
-    return match(layer_correlation(model_a, vars_a, model_b, vars_b, layer, images))
+    return match(layer_correlation(model_a, vars_a, model_b, vars_b, layer, images, layer_b=layer_b))

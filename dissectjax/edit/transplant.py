@@ -17,7 +17,8 @@ import numpy as np
 
 from dissectjax.edit.unit_edit import check_units
 from dissectjax.errors import DissectError
-from dissectjax.models.wiring import read_slice, replace_slice, unit_wiring
+from dissectjax.models.unit_wiring import unit_wiring
+from dissectjax.models.wiring import Slice, from_unit_axis, read_slice, replace_slice, unit_axis
 
 
 def transplant(
@@ -30,6 +31,7 @@ def transplant(
     input_matching: np.ndarray | None = None,
     outgoing: bool = False,
     output_matching: np.ndarray | None = None,
+    example=None,
 ) -> dict:
     """Copies ``units`` of ``source`` (instance A) into ``slots`` of ``target`` (B); returns B's new variables.
 
@@ -38,8 +40,11 @@ def transplant(
     ``outgoing``, also the weights that read the units, their outputs reordered by
     ``output_matching`` (B's slot of each of A's units in the layer above; not needed when
     the readers are the classes). Every untouched array is shared with ``target``.
+    ``example``: a batch to trace the wiring from, for a model that declares none.
     """
-    w = unit_wiring(model, layer)
+    w = unit_wiring(model, layer, target, example)
+    if w.transplant_refused:
+        raise DissectError(f"cannot transplant units of {layer}: {w.transplant_refused}")
     units, slots = check_units(units, w.units, layer), check_units(slots, w.units, layer)
     if len(units) != len(slots):
         raise DissectError(f"{len(units)} units but {len(slots)} slots: give one slot per transplanted unit")
@@ -53,8 +58,8 @@ def transplant(
     for s in w.incoming:
         a = read_slice(source, s)
         if w.inputs is not None and input_matching is not None and s.path == w.inputs.path:
-            a = _from_matching(a, input_matching, w.inputs.axis)
-        out = replace_slice(out, s, _put(read_slice(out, s), a, units, slots, s.axis))
+            a = _from_matching(a, input_matching, w.inputs)
+        out = replace_slice(out, s, _put(read_slice(out, s), a, units, slots, s))
     if outgoing:
         if w.outgoing_refused:
             raise DissectError(w.outgoing_refused)
@@ -65,23 +70,26 @@ def transplant(
                     raise DissectError(
                         f"outgoing weights of {layer} feed {w.next}: give its matching (output_matching)"
                     )
-                a = _from_matching(a, output_matching, w.outgoing_outputs[0].axis)
-            out = replace_slice(out, s, _put(read_slice(out, s), a, units, slots, s.axis))
+                a = _from_matching(a, output_matching, w.outgoing_outputs[0])
+            out = replace_slice(out, s, _put(read_slice(out, s), a, units, slots, s))
     return out
 
 
-def _from_matching(a: jax.Array, matching: np.ndarray, axis: int) -> jax.Array:
-    """Reorders A's channel axis into B's order: B's channel matching[i] gets A's channel i."""
+def _from_matching(a: jax.Array, matching: np.ndarray, where: Slice) -> jax.Array:
+    """Reorders A's channels along ``where``'s axis into B's order: B's channel matching[i] gets A's channel i."""
     matching = np.asarray(matching)
-    if matching.shape != (a.shape[axis],) or sorted(matching.tolist()) != list(range(a.shape[axis])):
-        raise DissectError(f"a matching must be a permutation of {a.shape[axis]} channels")
-    return jnp.take(a, np.argsort(matching), axis=axis)
+    view, axis = unit_axis(jnp.asarray(a), where)
+    if matching.shape != (view.shape[axis],) or sorted(matching.tolist()) != list(range(view.shape[axis])):
+        raise DissectError(f"a matching must be a permutation of {view.shape[axis]} channels")
+    return from_unit_axis(jnp.take(view, np.argsort(matching), axis=axis), where, a.shape)
 
 
-def _put(b: jax.Array, a: jax.Array, units: np.ndarray, slots: np.ndarray, axis: int) -> jax.Array:
-    axis = axis % b.ndim
-    index = [slice(None)] * b.ndim
+def _put(b: jax.Array, a: jax.Array, units: np.ndarray, slots: np.ndarray, where: Slice) -> jax.Array:
+    """``b`` with its units ``slots`` along ``where`` replaced by ``a``'s units ``units``."""
+    view_b, axis = unit_axis(jnp.asarray(b), where)
+    view_a, _ = unit_axis(jnp.asarray(a), where)
+    index = [slice(None)] * view_b.ndim
     index[axis] = slots
-    source = [slice(None)] * a.ndim
+    source = [slice(None)] * view_a.ndim
     source[axis] = units
-    return jnp.asarray(b).at[tuple(index)].set(jnp.asarray(a)[tuple(source)])
+    return from_unit_axis(view_b.at[tuple(index)].set(view_a[tuple(source)]), where, b.shape)

@@ -30,8 +30,9 @@ import numpy as np
 from flax import struct
 
 from dissectjax.errors import DissectError
-from dissectjax.models.common import UNIT_EDITS, edit_units
-from dissectjax.models.wiring import read_slice, replace_slice, unit_wiring
+from dissectjax.models.common import UNIT_EDITS, edit_units, nested
+from dissectjax.models.unit_wiring import unit_wiring
+from dissectjax.models.wiring import from_unit_axis, read_slice, replace_slice, unit_axis
 
 
 def check_units(units: Sequence[int], num_units: int, layer: str) -> np.ndarray:
@@ -107,24 +108,40 @@ class UnitEdit:
 
 def with_edits(variables: Mapping, *edits: UnitEdit) -> dict:
     """``variables`` plus the ``unit_edits`` collection that applies ``edits`` where their layers
-    are sown (:func:`dissectjax.models.common.sow_layer`); pass the result to ``model.apply``."""
-    collection = dict(variables.get(UNIT_EDITS, {}))
+    are sown (:func:`dissectjax.models.common.sow_layer`); pass the result to ``model.apply``.
+    A layer sown in a submodule (``layer4_1/conv1``) is edited there."""
+    flat = _edited_layers(variables.get(UNIT_EDITS, {}))
     for edit in edits:
-        if edit.layer in collection:
+        if edit.layer in flat:
             raise DissectError(f"two edits of layer {edit.layer}: combine them into one")
-        collection[edit.layer] = {"mask": edit.mask, "value": edit.value}
-    return {**variables, UNIT_EDITS: collection}
+        flat[edit.layer] = {"mask": edit.mask, "value": edit.value}
+    return {**variables, UNIT_EDITS: nested(flat)}
 
 
-def fold(model, variables: Mapping, edit: UnitEdit) -> dict:
+def _edited_layers(collection: Mapping, prefix: str = "") -> dict:
+    """A ``unit_edits`` collection -> {layer path: {"mask", "value"}}."""
+    out = {}
+    for key, node in collection.items():
+        if "mask" in node:
+            out[prefix + key] = dict(node)
+        else:
+            out.update(_edited_layers(node, f"{prefix}{key}/"))
+    return out
+
+
+def fold(model, variables: Mapping, edit: UnitEdit, example=None) -> dict:
     """Variables in which the edited units are removed from the weights that read them.
 
     Exact for zero values, also when the next layer is normalized (its statistics see a
     zero input channel); a nonzero value is not a weight edit in general (a convolution's
     padding sees zeros at the border), so it is refused. Needs the model's wiring
-    (``model.unit_wiring``); the mask may be traced, so one compiled program serves any units.
+    (``model.unit_wiring``), or an ``example`` batch to trace it from; the mask may be
+    traced, so one compiled program serves any units.
     """
-    w = unit_wiring(model, edit.layer)
+    w = unit_wiring(model, edit.layer, variables, example)
+    if w.fold_refused:
+        raise DissectError(f"{edit.layer}: {w.fold_refused}; apply the edit where the layer is sown "
+                           "(dissectjax.edit.with_edits) instead")  # fmt: skip
     if np.shape(edit.mask) != (w.units,):
         raise DissectError(f"an edit of {np.shape(edit.mask)[0]} units for layer {edit.layer} with {w.units} units")
     if not isinstance(edit.value, jax.core.Tracer) and np.any(np.asarray(edit.value)[np.asarray(edit.mask) > 0]):
@@ -136,7 +153,8 @@ def fold(model, variables: Mapping, edit: UnitEdit) -> dict:
     out = variables
     for s in w.outgoing:
         x = read_slice(out, s)
-        shape = [1] * x.ndim
-        shape[s.axis] = -1
-        out = replace_slice(out, s, x * keep.reshape(shape).astype(x.dtype))
+        view, axis = unit_axis(x, s)
+        shape = [1] * view.ndim
+        shape[axis] = -1
+        out = replace_slice(out, s, from_unit_axis(view * keep.reshape(shape).astype(x.dtype), s, x.shape))
     return out

@@ -8,7 +8,14 @@ never created by ``init``, so checkpoints and normal calls are unchanged):
   by ``value[u]`` wherever ``mask[u] > 0`` (:func:`edit_units`; built by
   :class:`dissectjax.edit.UnitEdit`, the one way the package edits units);
 * ``perturbations``: ``{layer: zeros like x}`` added through linen's ``perturb``, so that
-  the gradient of a loss with respect to it is the gradient with respect to the activation.
+  the gradient of a loss with respect to it is the gradient with respect to the activation;
+* ``layer_values``: ``{layer: [B, h, w, U]}`` (dense layers also [B, 1, 1, U]) replaces
+  the layer's activation outright, so that only the network above it matters: under
+  ``jit`` XLA drops the layers below as dead code (how an edit of stored activations is
+  measured on any sown model).
+
+A layer sown inside a submodule is named by its path (``layer4_1/conv1``); its entries in
+these collections nest the same way (:func:`nested`).
 """
 
 from __future__ import annotations
@@ -20,6 +27,23 @@ import jax.numpy as jnp
 INTERMEDIATES = "intermediates"
 UNIT_EDITS = "unit_edits"
 PERTURBATIONS = "perturbations"
+LAYER_VALUES = "layer_values"
+
+
+def nested(entries: dict[str, object]) -> dict:
+    """``{"a/b": x, "c": y}`` -> ``{"a": {"b": x}, "c": y}``: a collection keyed by layer path.
+
+    >>> nested({"layer4_1/conv1": 1, "conv5": 2})
+    {'layer4_1': {'conv1': 1}, 'conv5': 2}
+    """
+    out: dict = {}
+    for name, value in entries.items():
+        *parents, leaf = name.split("/")
+        node = out
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return out
 
 
 def _replace(_previous, new):
@@ -37,7 +61,10 @@ def edit_units(x: jax.Array, mask: jax.Array, value: jax.Array) -> jax.Array:
 
 
 def sow_layer(module: nn.Module, name: str, value: jax.Array) -> jax.Array:
-    """Applies any unit edit and perturbation of ``name``, sows the result (the bare array), returns it."""
+    """Applies any replacement, unit edit and perturbation of ``name``, sows the result (the bare
+    array), returns it."""
+    if module.has_variable(LAYER_VALUES, name):
+        value = jnp.reshape(module.get_variable(LAYER_VALUES, name), value.shape).astype(value.dtype)
     if module.has_variable(UNIT_EDITS, name):
         edit = module.get_variable(UNIT_EDITS, name)
         value = edit_units(value, edit["mask"], edit["value"])

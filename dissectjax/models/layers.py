@@ -16,7 +16,7 @@ import jax
 from flax import traverse_util
 
 from dissectjax.errors import DissectError
-from dissectjax.models.common import INTERMEDIATES
+from dissectjax.models.common import INTERMEDIATES, LAYER_VALUES, nested
 
 CALL = "__call__"
 
@@ -126,3 +126,31 @@ def activation_fn(
     # values do not depend on which other layers are read with it (XLA fuses by outputs)
     forward = LayerForward(model, tuple(sown_names + captured), frozenset(captured))
     return compiled(forward) if jit else forward
+
+
+def depends_only_on(model: nn.Module, variables, layer: str, example_images) -> bool:
+    """Whether ``model``'s output, given ``layer``'s values (the ``layer_values`` collection),
+    no longer depends on the images: true where everything from the input to the output
+    passes through the layer (a plain chain, a ResNet stage output), false where a path
+    bypasses it (a skip connection around a layer inside a residual block).
+
+    Decided on the traced computation, conservatively: an operation with any input that
+    depends on the images is taken to depend on them.
+    """
+    shapes = jax.eval_shape(lambda x: _apply(model, variables, x, False), example_images)[1][INTERMEDIATES]
+    value = jax.ShapeDtypeStruct(_named_outputs(shapes)[layer].shape, _named_outputs(shapes)[layer].dtype)
+
+    def logits(images, values):
+        return model.apply({**variables, LAYER_VALUES: nested({layer: values})}, images, train=False)
+
+    closed = jax.make_jaxpr(logits)(example_images, value)
+    jaxpr = closed.jaxpr
+    tainted = {id(jaxpr.invars[0])}
+    for eqn in jaxpr.eqns:
+        if any(id(v) in tainted for v in eqn.invars if not _is_literal(v)):
+            tainted.update(id(v) for v in eqn.outvars)
+    return not any(id(v) in tainted for v in jaxpr.outvars if not _is_literal(v))
+
+
+def _is_literal(var) -> bool:
+    return not hasattr(var, "aval") or type(var).__name__ == "Literal"

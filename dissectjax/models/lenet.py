@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 
 from dissectjax.models.common import sow_layer
+from dissectjax.models.wiring import ChainLayer, Wiring, chain_wiring
 
 
 class LeNet5(nn.Module):
@@ -31,3 +32,10 @@ class LeNet5(nn.Module):
         x = sow_layer(self, "fc1", nn.tanh(nn.Dense(120, name="F5")(x)))
         x = sow_layer(self, "fc2", nn.tanh(nn.Dense(84, name="F6")(x)))
         return nn.Dense(self.num_classes, name="output")(x)
+
+    def unit_wiring(self, layer: str) -> Wiring:
+        """A plain chain C1 -> C3 -> F5 -> F6 -> output; F5 reads conv2's 5 x 5 pooled map
+        flattened (25 positions per unit, for the 32 x 32 input)."""
+        chain = [ChainLayer("conv1", ("C1",), 6), ChainLayer("conv2", ("C3",), 16),
+                 ChainLayer("fc1", ("F5",), 120, reads_positions=25), ChainLayer("fc2", ("F6",), 84)]  # fmt: skip
+        return chain_wiring(chain, ("output",), layer, "LeNet5")

@@ -13,8 +13,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from dissectjax.errors import DissectError
-from dissectjax.models.wiring import Slice, Wiring
+from dissectjax.models.wiring import ChainLayer, Wiring, chain_wiring
 
 
 class ConvNet(nnx.Module):
@@ -35,19 +34,5 @@ class ConvNet(nnx.Module):
         return self.classifier(x.mean(axis=(1, 2)))
 
     def unit_wiring(self, layer: str) -> Wiring:
-        names = [f"conv{i + 1}" for i in range(len(self.widths))]
-        if layer not in names:
-            raise DissectError(f"unknown layer {layer!r} for surgery on ConvNet; available layers: {', '.join(names)}")
-        i = names.index(layer)
-        last = i == len(names) - 1
-        reader = ("classifier", "kernel") if last else ("convs", i + 1, "kernel")
-        return Wiring(
-            layer=layer,
-            units=self.widths[i],
-            incoming=(Slice("params", ("convs", i, "kernel"), -1), Slice("params", ("convs", i, "bias"), 0)),
-            inputs=None if i == 0 else Slice("params", ("convs", i, "kernel"), -2),
-            outgoing=(Slice("params", reader, 0 if last else -2),),
-            outgoing_outputs=None if last else (Slice("params", reader, -1),),
-            previous=None if i == 0 else names[i - 1],
-            next=None if last else names[i + 1],
-        )
+        chain = [ChainLayer(f"conv{i + 1}", ("convs", i), width) for i, width in enumerate(self.widths)]
+        return chain_wiring(chain, ("classifier",), layer, "ConvNet")

@@ -18,6 +18,7 @@ import jax
 
 from dissectjax.models.common import sow_layer
 from dissectjax.models.ops import ImageNetInput, adaptive_avg_pool
+from dissectjax.models.wiring import ChainLayer, Wiring, chain_wiring
 
 # (name, features, kernel, stride, padding) for a convolution; "pool" for a 3x3/2 (AlexNet) or 2x2/2 max pool
 ALEXNET = (
@@ -44,21 +45,39 @@ class PlainNet(ImageNetInput):
     @nn.compact
     def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
         x = self.normalize(images)
-        index = 0  # position in torchvision's features sequence: conv, ReLU, ..., pool
+        indices = iter(self._feature_indices())
         for item in self.layers:
             if item == "pool":
                 x = nn.max_pool(x, (self.pool_window,) * 2, (2, 2), padding="VALID")
-                index += 1
             else:
                 name, features, kernel, stride, padding = item
-                x = nn.Conv(features, (kernel, kernel), stride, padding=padding, name=f"features_{index}")(x)
+                x = nn.Conv(features, (kernel, kernel), stride, padding=padding, name=f"features_{next(indices)}")(x)
                 x = sow_layer(self, name, nn.relu(x))
-                index += 2
         x = adaptive_avg_pool(x, tuple(self.pooled)).reshape(x.shape[0], -1)  # (h, w, c) order
         fc6, fc7, fc8 = (f"classifier_{i}" for i in self.classifier_index)
         x = sow_layer(self, "fc6", nn.relu(nn.Dense(self.hidden, name=fc6)(x)))
         x = sow_layer(self, "fc7", nn.relu(nn.Dense(self.hidden, name=fc7)(x)))
         return nn.Dense(self.num_classes, name=fc8)(x)
+
+    def unit_wiring(self, layer: str) -> Wiring:
+        """A plain chain: each convolution read by the next (through pools), the last one by
+        ``fc6`` through the adaptive pool's flattened ``pooled`` map, then fc6 -> fc7 -> fc8."""
+        convs = [item for item in self.layers if item != "pool"]
+        chain = [ChainLayer(name, (f"features_{index}",), features)
+                 for (name, features, *_), index in zip(convs, self._feature_indices())]  # fmt: skip
+        fc6, fc7, fc8 = (f"classifier_{i}" for i in self.classifier_index)
+        chain += [ChainLayer("fc6", (fc6,), self.hidden, reads_positions=self.pooled[0] * self.pooled[1]),
+                  ChainLayer("fc7", (fc7,), self.hidden)]  # fmt: skip
+        return chain_wiring(chain, (fc8,), layer, type(self).__name__)
+
+    def _feature_indices(self) -> list[int]:
+        """Each convolution's position in torchvision's ``features`` sequence (conv, ReLU, ..., pool)."""
+        out, index = [], 0
+        for item in self.layers:
+            if item != "pool":
+                out.append(index)
+            index += 1 if item == "pool" else 2
+        return out
 
 
 class AlexNet(PlainNet):

@@ -13,6 +13,7 @@ plain units (the same function at evaluation) so that every edit applies to them
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import flax.linen as nn
@@ -22,7 +23,7 @@ import jax.numpy as jnp
 from dissectjax.errors import DissectError
 from dissectjax.models.common import sow_layer
 from dissectjax.models.whitening import ConceptWhitening, cayley
-from dissectjax.models.wiring import Slice, Wiring
+from dissectjax.models.wiring import ChainLayer, Wiring, chain_wiring
 
 MEAN, STD = 0.5, 0.25
 
@@ -49,28 +50,12 @@ class SceneNet(nn.Module):
         return f"block{layer.removeprefix('conv')}_cw"
 
     @nn.compact
-    def __call__(self, images: jax.Array, train: bool = False, from_layer: str | None = None) -> jax.Array:
-        """Logits [B, classes].
-
-        With ``from_layer="conv{k}"``, ``images`` is instead that layer's activation
-        [B, h, w, U] and only the layers above it run (to measure interventions on a layer
-        without recomputing what lies below it).
-        """
-        start = 0
-        if from_layer is None:
-            x = preprocess(images)
-        else:
-            names = self.layer_names
-            if from_layer not in names:
-                raise DissectError(f"from_layer must be one of {', '.join(names)}, got {from_layer!r}")
-            start, x = names.index(from_layer) + 1, images
-            if start == 2:
-                x = nn.max_pool(x, (2, 2), strides=(2, 2))
+    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """Logits [B, classes]."""
+        x = preprocess(images)
         strides = (2, 1, 1, 1, 1)
         kernels = (5, 3, 3, 3, 3)
         for i, (width, stride, kernel) in enumerate(zip(self.widths, strides, kernels), start=1):
-            if i <= start:
-                continue
             x = nn.Conv(
                 width,
                 (kernel, kernel),
@@ -101,30 +86,16 @@ class SceneNet(nn.Module):
                 "weights of its own to edit. Fold the whitening first (the same function at evaluation): "
                 "model, variables = dissectjax.models.scenenet.fold_whitening(model, variables)"
             )
-        i = names.index(layer) + 1
-        conv, bn = f"block{i}_conv", f"block{i}_bn"
-        incoming = [Slice("params", (conv, "kernel"), -1)]
-        if self.batch_norm:
-            incoming += [Slice("params", (bn, "scale"), 0), Slice("params", (bn, "bias"), 0),
-                         Slice("batch_stats", (bn, "mean"), 0), Slice("batch_stats", (bn, "var"), 0)]  # fmt: skip
-        else:
-            incoming.append(Slice("params", (conv, "bias"), 0))
-        last = i == len(names)
-        reader = ("classifier", "kernel") if last else (f"block{i + 1}_conv", "kernel")
-        return Wiring(
-            layer=layer,
-            units=self.widths[i - 1],
-            incoming=tuple(incoming),
-            inputs=None if i == 1 else Slice("params", (conv, "kernel"), -2),
-            outgoing=(Slice("params", reader, 0 if last else -2),),
-            outgoing_outputs=None if last else (Slice("params", reader, -1),),
-            previous=None if i == 1 else names[i - 2],
-            next=None if last else names[i],
-            outgoing_refused=None if last or names[i] not in self.whiten else (
-                f"{names[i]} is concept-whitened: its units mix the output channels of the weights that read {layer}. "
+        chain = [ChainLayer(name, (f"block{i}_conv",), width, bias=not self.batch_norm,
+                            norm=(f"block{i}_bn",) if self.batch_norm else None)
+                 for i, (name, width) in enumerate(zip(names, self.widths), start=1)]  # fmt: skip
+        w = chain_wiring(chain, ("classifier",), layer, "SceneNet")
+        if w.next is not None and w.next in self.whiten:
+            w = dataclasses.replace(w, outgoing_refused=(
+                f"{w.next} is concept-whitened: its units mix the output channels of the weights that read {layer}. "
                 "Fold the whitening first: model, variables = dissectjax.models.scenenet.fold_whitening(model, "
-                "variables)"),
-        )  # fmt: skip
+                "variables)"))  # fmt: skip
+        return w
 
 
 BATCH_NORM_EPSILON = 1e-5  # flax.linen.BatchNorm's default, used by SceneNet

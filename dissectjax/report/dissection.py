@@ -28,8 +28,20 @@ class Dissection:
 
     @classmethod
     def load(cls, directory: str) -> Dissection:
+        """Reads and checks every file (:func:`~dissectjax.results.read_results`), and that
+        ``top_images.npz`` holds each top image the layers name."""
         layers, summary = read_results(directory)
-        return cls(os.path.abspath(directory), layers, summary, read_top_images(directory))
+        top = read_top_images(directory)
+        if top is not None:
+            for name, r in layers.items():
+                if r.top_images is not None and r.top_maps is not None:
+                    rows = np.unique(r.top_images[r.top_images >= 0])
+                    absent = rows[~np.isin(rows, top["rows"])]
+                    if absent.size:
+                        raise DissectError(f"{directory}/top_images.npz lacks dataset row {int(absent[0])}, a top "
+                                           f"image of layer {name!r}; expected the top images of this dissection: "
+                                           "rerun it")  # fmt: skip
+        return cls(os.path.abspath(directory), layers, summary, top)
 
     @property
     def concepts(self):

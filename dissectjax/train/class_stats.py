@@ -53,10 +53,22 @@ class ClassUnitStats(NamedTuple):
 
     @classmethod
     def load(cls, path: str) -> ClassUnitStats:
-        with np.load(path) as f:
-            parts = {field: {k.split("/", 1)[1]: f[k] for k in f.files if k.startswith(field + "/")}
-                     for field in ("grad", "act", "relu")}  # fmt: skip
-            return cls(f["count"], **parts)
+        """Statistics written by :meth:`save`, checked: ``count`` int [K] and, for the same layers,
+        ``grad/L``, ``act/L``, ``relu/L`` float [K, U_L]. Anything else is a DissectError naming the file."""
+        from dissectjax.results import check_arrays, read_npz
+
+        expected = ("the stats.npz `dissectjax specialize` writes (count [K]; grad/LAYER, act/LAYER, relu/LAYER "
+                    "[K, U] for each layer)")  # fmt: skip
+        arrays = read_npz(path, expected)
+        fields = ("grad", "act", "relu")
+        layers = sorted({k.split("/", 1)[1] for k in arrays if k.split("/", 1)[0] in fields and "/" in k})
+        spec = {"count": (("K",), "integers")}
+        spec |= {f"{field}/{layer}": (("K", f"U of {layer}"), "numbers") for layer in layers for field in fields}
+        check_arrays(path, arrays, spec, {}, expected)
+        if not layers:
+            raise DissectError(f"{path} holds statistics of no layer; expected {expected}")
+        parts = {field: {layer: arrays[f"{field}/{layer}"] for layer in layers} for field in fields}
+        return cls(arrays["count"], **parts)
 
     @classmethod
     def zeros(cls, shapes: Mapping[str, tuple[int, ...]], num_classes: int) -> ClassUnitStats:

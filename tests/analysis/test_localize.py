@@ -19,8 +19,8 @@ from dissectjax.data import synthetic
 from dissectjax.edit import UnitEdit, fold, transplant
 from dissectjax.errors import DissectError
 from dissectjax.models.scenenet import SceneNet, fold_whitening
+from dissectjax.models.unit_wiring import unit_wiring
 from dissectjax.models.whitening import WHITENED, ConceptWhitening, cayley, whitening_matrix
-from dissectjax.models.wiring import unit_wiring
 from dissectjax.train import LossTerm, TrainState, cross_entropy, make_train_step, mirror, total_loss
 
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import CHECKPOINT, serve_in_thread
 from test_server import library_ablation
 
-from dissectjax.app import AppService, scene_classifier
+from dissectjax.app import AppService, load_classifier
 from dissectjax.report import Dissection
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -115,7 +115,7 @@ def test_report_opens_from_file_and_filters(browser, scene_dissection):
 
 @pytest.fixture(scope="module")
 def app_url(scene_dissection):
-    service = AppService(Dissection.load(scene_dissection[0]), scene_classifier(CHECKPOINT, 150))
+    service = AppService(Dissection.load(scene_dissection[0]), load_classifier(CHECKPOINT, "synthetic", 150))
     server, thread = serve_in_thread(service)
     host, port = server.server_address[:2]
     yield f"http://{host}:{port}/", service
@@ -123,22 +123,22 @@ def app_url(scene_dissection):
     thread.join(10)
 
 
-def test_app_ablation_table_equals_the_library(browser, app_url):
+def ablate_in_the_page(browser, url: str, service, layer: str, units: list[int]) -> None:
+    """Ticks ``units`` in the app, presses ablate, and checks the table against the library."""
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
-    url, service = app_url
+    console_errors(browser)  # drains what earlier pages logged
     browser.get(url)
     WebDriverWait(browser, 60).until(lambda d: d.find_element(By.TAG_NAME, "body").get_attribute("data-ready") == "1")
-    units = [2, 9, 40, 77]
     for u in units:
         browser.find_element(By.ID, f"unit-{u}").click()
-    assert browser.find_element(By.ID, "selected").text == "4 selected"
+    assert browser.find_element(By.ID, "selected").text == f"{len(units)} selected"
     browser.find_element(By.ID, "ablate").click()
     WebDriverWait(browser, 120).until(lambda d: d.find_elements(By.ID, "ablation-table"))
     rows = browser.find_elements(By.CSS_SELECTOR, "#ablation-table tbody tr")
     cells = [[td.text for td in row.find_elements(By.TAG_NAME, "td")] for row in rows]
-    accuracy, balanced = library_ablation(service.classifier, "conv5", units)
+    accuracy, balanced = library_ablation(service.classifier, layer, units)
     assert [c[0] for c in cells] == list(service.classifier.classes)
     shown = lambda x: "n/a" if np.isnan(x) else f"{x:.3f}"
     for k, c in enumerate(cells):
@@ -146,6 +146,14 @@ def test_app_ablation_table_equals_the_library(browser, app_url):
         assert c[4:6] == [shown(balanced[0, k]), shown(balanced[1, k])]
         change = accuracy[1, k] - accuracy[0, k]
         assert float(c[3]) == pytest.approx(change, abs=5e-4)
+
+
+def test_app_ablation_table_equals_the_library(browser, app_url):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, service = app_url
+    ablate_in_the_page(browser, url, service, "conv5", [2, 9, 40, 77])
 
     browser.find_element(By.ID, "concept").send_keys("triangle")
     browser.find_element(By.ID, "find").click()
@@ -170,3 +178,28 @@ def test_app_shows_errors_from_the_api(browser, app_url):
     browser.find_element(By.ID, "show-unit").click()
     WebDriverWait(browser, 30).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#unit-result .error"))
     assert "out of range" in browser.find_element(By.ID, "unit-result").text
+
+
+def test_app_ablates_a_converted_resnet18_on_class_folders(browser, tmp_path):
+    """A torchvision-layout ResNet-18 (converted), dissected at layer4, ablated live on a
+    20-class folder of JPEG files: the page's table equals the library's numbers."""
+    from conftest import class_folders, convert_resnet18, random_broden
+
+    from dissectjax.cli import main
+
+    checkpoint = convert_resnet18(tmp_path, 0, classes=20, size=64)
+    random_broden(tmp_path / "probe", seed=2, n=12, image_size=(64, 64))
+    out = tmp_path / "dissection"
+    assert main(["dissect", "--dataset", str(tmp_path / "probe"), "--checkpoint", checkpoint, "--layers", "layer4",
+                 "--out", str(out), "--quantile", "0.05", "--quiet"]) == 0  # fmt: skip
+    class_folders(tmp_path / "images", classes=20, per_class=4)
+    service = AppService(Dissection.load(str(out)), load_classifier(checkpoint, str(tmp_path / "images"), 40))
+    assert len(service.classifier.classes) == 20 and len(service.classifier.labels) == 40
+    server, thread = serve_in_thread(service)
+    try:
+        host, port = server.server_address[:2]
+        ablate_in_the_page(browser, f"http://{host}:{port}/", service, "layer4", [1, 100, 511])
+        assert console_errors(browser) == []
+    finally:
+        server.shutdown()
+        thread.join(10)

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import CHECKPOINT
 
-from dissectjax.analysis.ablation import balanced_accuracy, confusions, layer_data
-from dissectjax.app import AppService, create_app, per_class_accuracy, scene_classifier, serve
+from dissectjax.analysis.ablation import ClassCounts, class_counts, layer_data
+from dissectjax.app import AppService, create_app, load_classifier, serve
 from dissectjax.app.server import is_loopback
 from dissectjax.cli import build_parser
 from dissectjax.report import Dissection
@@ -17,7 +17,7 @@ EVAL_IMAGES = 120
 
 @pytest.fixture(scope="module")
 def service(scene_dissection):
-    return AppService(Dissection.load(scene_dissection[0]), scene_classifier(CHECKPOINT, EVAL_IMAGES))
+    return AppService(Dissection.load(scene_dissection[0]), load_classifier(CHECKPOINT, "synthetic", EVAL_IMAGES))
 
 
 @pytest.fixture(scope="module")
@@ -30,13 +30,13 @@ def library_ablation(classifier, layer, units, mode="zero"):
     data = layer_data(classifier.model, classifier.variables, layer, classifier.images, classifier.labels)
     masks = np.zeros((2, data.units), np.float32)
     masks[1, units] = 1
-    c = confusions(classifier.model, classifier.variables, data, masks, mode)
-    return per_class_accuracy(c), balanced_accuracy(c)
+    c = class_counts(classifier.model, classifier.variables, data, masks, mode)
+    return c.recall(), c.balanced_accuracy()
 
 
 def test_per_class_accuracy():
-    c = np.array([[3, 1, 0], [0, 0, 0], [2, 0, 4]])
-    np.testing.assert_allclose(per_class_accuracy(c), [0.75, np.nan, 4 / 6])
+    c = ClassCounts.from_confusion(np.array([[3, 1, 0], [0, 0, 0], [2, 0, 4]]))
+    np.testing.assert_allclose(c.recall(), [0.75, np.nan, 4 / 6])
 
 
 @pytest.mark.parametrize("mode", ["zero", "mean"])

@@ -10,7 +10,8 @@ import pytest
 from conftest import serve_in_thread
 
 from dissectjax.app import AppService, create_app
-from dissectjax.app.server import MAX_JSON_DEPTH, MAX_MESSAGE, allowed_hosts, json_depth
+from dissectjax.app.server import MAX_JSON_DEPTH, MAX_MESSAGE, allowed_host, allowed_hosts, json_depth, split_host
+from dissectjax.errors import DissectError
 from dissectjax.report import Dissection
 
 PORT = 8050
@@ -63,7 +64,25 @@ def test_allowed_hosts_name_the_bound_address():
     assert "[::]:9000" in allowed_hosts("::", 9000)
 
 
-@pytest.mark.parametrize("host", [f"127.0.0.1:{PORT}", f"localhost:{PORT}", f"[::1]:{PORT}", f"LocalHost:{PORT}"])
+def test_allow_host_names_and_ports():
+    """--allow-host NAME answers on the bound port; NAME:PORT on its own (an SSH tunnel's local end)."""
+    assert allowed_hosts("127.0.0.1", 9000, ["box.lan", "localhost:8000", "[::1]:7000", "::2"]) == {
+        "127.0.0.1:9000",
+        "localhost:9000",
+        "[::1]:9000",
+        "box.lan:9000",
+        "localhost:8000",
+        "[::1]:7000",
+        "[::2]:9000",
+    }
+    assert split_host("[0:0:0:0:0:0:0:1]:9000") == ("[::1]", 9000) and split_host("[::1") is None
+    for bad in ("http://box.lan", "box.lan:99999", "", "a b", "box.lan/x", "[nope]:80"):
+        with pytest.raises(DissectError, match="is not a host; expected a host name or address"):
+            allowed_host(bad)
+
+
+@pytest.mark.parametrize("host", [f"127.0.0.1:{PORT}", f"localhost:{PORT}", f"[::1]:{PORT}", f"LocalHost:{PORT}",
+                                  f"[0:0:0:0:0:0:0:1]:{PORT}"])  # fmt: skip
 def test_accepted_hosts(client, host):
     response = client.get("/api/layers", headers={"Host": host})
     assert response.status_code == 200 and [x["layer"] for x in response.json["layers"]] == ["conv4", "conv5"]
@@ -73,8 +92,9 @@ def test_accepted_hosts(client, host):
 
 
 @pytest.mark.parametrize(
-    "host", [f"evil.example:{PORT}", f"127.0.0.1:{PORT + 1}", "127.0.0.1", "localhost", "evil.example", "x" * 500]
-)
+    "host", [f"evil.example:{PORT}", f"127.0.0.1:{PORT + 1}", "127.0.0.1", "localhost", "evil.example", "x" * 500,
+             f"[::1]:{PORT + 1}", f"[::1:{PORT}", f"::1:{PORT}"]
+)  # fmt: skip
 @pytest.mark.parametrize("method, path", [("get", "/"), ("get", "/api/layers"), ("post", "/api/ablate"),
                                           ("get", "/api/nothing"), ("options", "/api/ablate")])  # fmt: skip
 def test_refused_hosts(client, host, method, path):
@@ -206,3 +226,44 @@ def test_serve_refuses_cross_origin_posts(served):
         assert status == 400 and NO_MODEL in body["error"]
     status, body = fetch(url, body={"x": nested(MAX_JSON_DEPTH + 1)})
     assert status == 400 and "levels deep" in body["error"]
+
+
+@pytest.fixture(scope="module")
+def served_ipv6(service):
+    """``serve`` on ::1 (a free port) with two --allow-host names, in a thread: the server."""
+    import threading
+
+    from dissectjax.app import serve
+
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("this machine cannot bind ::1")
+    started, holder = threading.Event(), {}
+
+    def ready(server):
+        holder["server"] = server
+        started.set()
+
+    args = (service, "::1", 0, ready, ["box.lan", "localhost:9000"])
+    thread = threading.Thread(target=serve, args=args, daemon=True)
+    thread.start()
+    assert started.wait(60)
+    yield holder["server"]
+    holder["server"].shutdown()
+    thread.join(10)
+
+
+def test_serve_on_ipv6_loopback_prints_a_bracketed_url_and_answers_to_it(served_ipv6):
+    port = served_ipv6.server_address[1]
+    assert served_ipv6.url == f"http://[::1]:{port}/"
+    url = f"{served_ipv6.url}api/layers"
+    assert fetch(url)[0] == 200  # urllib sends Host: [::1]:PORT
+    for accepted in (f"localhost:{port}", f"box.lan:{port}", "localhost:9000", f"[0:0::1]:{port}"):
+        assert fetch(url, host=accepted)[0] == 200, accepted
+    for refused in (f"box.lan:{port + 1}", "box.lan", f"evil.example:{port}", f"[::2]:{port}"):
+        status, body = fetch(url, host=refused)
+        assert status == 421 and f"[::1]:{port}" in body["error"] and "--allow-host" in body["error"], refused
+    status, body = fetch(url.replace("layers", "ablate"), origin=f"http://box.lan:{port}", body=ABLATE)
+    assert status == 400 and NO_MODEL in body["error"]  # an allowed host's page may POST

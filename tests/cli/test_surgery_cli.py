@@ -52,14 +52,14 @@ def narrow(tmp_path_factory):
 @pytest.mark.parametrize(
     "argv, expect",
     [
-        (["ablate", "--layer", "conv9", "--units", "1"], "unknown layer 'conv9' for ablation in SceneNet"),
+        (["ablate", "--layer", "conv9", "--units", "1"], "unknown layer 'conv9' for SceneNet; its layers: conv1"),
         (["ablate", "--layer", "conv5", "--units", "128"], "unit 128 is out of range for layer conv5"),
         (["ablate", "--layer", "conv5", "--top-for-class", "beach"], "unknown class 'beach'"),
         (["ablate", "--layer", "conv5"], "name the units"),
         (["ablate", "--layer", "conv5", "--top-for-class", "playroom", "--count", "-3"], "argument --count"),
         (["transplant", "--target", CHECKPOINT, "--layer", "conv3", "--units", "999", "--matched"], "unit 999 is out"),
         (["transplant", "--target", CHECKPOINT, "--layer", "conv9", "--units", "1", "--slots", "1"],
-         "unknown layer 'conv9' for surgery on SceneNet"),
+         "unknown layer 'conv9' for SceneNet"),
         (["transplant", "--target", "NARROW", "--layer", "conv5", "--units", "1", "--slots", "1"],
          "are different architectures"),
     ],

@@ -66,7 +66,7 @@ def test_bad_requests_are_clear_errors(instances):
     other = jax.device_get(init_variables(narrow, SHAPE))
     with pytest.raises(DissectError, match=r"block4_conv/kernel is .* in the source but .* in the target"):
         transplant(MODEL, other, a, "conv4", [1], [1])
-    with pytest.raises(DissectError, match="ResNet18 declares no unit wiring"):
+    with pytest.raises(DissectError, match="layer4 is a residual stream: each of its channels is written by every"):
         transplant(build_model("resnet18"), {}, {}, "layer4", [1], [1])
     with pytest.raises(DissectError, match="give its matching"):
         transplant(MODEL, a, b, "conv3", [1], [1], outgoing=True)

@@ -1,5 +1,6 @@
 """The one unit edit: at the sow point, on stored activations, folded into weights; all agree."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +11,9 @@ from dissectjax.checkpoint import init_variables
 from dissectjax.edit import UnitEdit, fold, with_edits
 from dissectjax.errors import DissectError
 from dissectjax.models import build_model
-from dissectjax.models.wiring import read_slice, unit_wiring
+from dissectjax.models.common import LAYER_VALUES
+from dissectjax.models.unit_wiring import unit_wiring
+from dissectjax.models.wiring import read_slice
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +48,7 @@ def test_the_three_applications_agree(instances, layer):
     for edit in (UnitEdit.zero(layer, range(units), units), UnitEdit.zero(layer, [0, 3], units)):
         folded = MODEL.apply(fold(MODEL, a, edit), images)
         at_sow = MODEL.apply(with_edits(a, edit), images)
-        above = MODEL.apply(a, edit.apply_to(sown(a, images, layer)), from_layer=layer)
+        above = MODEL.apply({**a, LAYER_VALUES: {layer: edit.apply_to(sown(a, images, layer))}}, 0 * images)
         np.testing.assert_allclose(folded, at_sow, rtol=1e-5, atol=1e-5)
         np.testing.assert_allclose(at_sow, above, rtol=1e-5, atol=1e-5)
 
@@ -93,8 +96,10 @@ def test_bad_edits_are_clear_errors(instances):
         UnitEdit.zero("conv3", [96], 96)
     with pytest.raises(DissectError, match="two edits of layer conv3"):
         with_edits(a, UnitEdit.zero("conv3", [1], 96), UnitEdit.zero("conv3", [2], 96))
-    with pytest.raises(DissectError, match="ResNet18 declares no unit wiring"):
-        fold(build_model("resnet18"), {}, UnitEdit.zero("layer4", [1], 512))
+    with pytest.raises(DissectError, match="the identity shortcut of layer1_0 also carries conv1's channels"):
+        fold(build_model("resnet18"), {}, UnitEdit.zero("conv1", [1], 64))
+    with pytest.raises(DissectError, match=r"Dense declares no unit wiring .* without tracing it"):
+        fold(nn.Dense(3), {}, UnitEdit.zero("x", [1], 4))
     with pytest.raises(DissectError, match="an edit of 96 units for layer conv2 with 64 units"):
         fold(MODEL, a, UnitEdit.zero("conv2", [1], 96))
     with pytest.raises(DissectError, match=r"an edit of 128 units applied to conv5 with 96"):

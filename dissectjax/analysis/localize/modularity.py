@@ -40,7 +40,7 @@ from dissectjax.edit import UnitEdit, layer_matching, transplant, with_edits
 from dissectjax.errors import DissectError
 from dissectjax.evaluate import predict
 from dissectjax.models.scenenet import fold_whitening
-from dissectjax.models.wiring import unit_wiring
+from dissectjax.models.unit_wiring import unit_wiring
 
 ROTATED = "rotated"  # the dissected name of the randomly rotated layer
 ROTATION_SEEDS = 1000  # rotation k is drawn with seed ROTATION_SEEDS + k, apart from training seeds
