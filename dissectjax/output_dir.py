@@ -142,6 +142,7 @@ def atomic_directory(out: str, inputs: Sequence[str] = ()) -> Iterator[str]:
     """
     out = check_output_path(out, inputs)
     parent = os.path.dirname(out)
+    created = _missing_parents(parent)
     try:
         os.makedirs(parent, exist_ok=True)
         remove_stale_partials(out)
@@ -163,7 +164,19 @@ def atomic_directory(out: str, inputs: Sequence[str] = ()) -> Iterator[str]:
                 os.rename(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
+        for folder in created:  # the folders made for --out, deepest first, where still empty
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)
         raise
+
+
+def _missing_parents(folder: str) -> list[str]:
+    """The folders of ``folder``'s path that do not exist yet, deepest first."""
+    missing = []
+    while folder and not os.path.exists(folder):
+        missing.append(folder)
+        folder = os.path.dirname(folder)
+    return missing
 
 
 @contextlib.contextmanager

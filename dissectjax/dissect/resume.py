@@ -22,6 +22,10 @@ from dissectjax.stats.quantile import RadixSelect
 _SELECT_ARRAYS = ("prefix", "above", "resolved", "threshold_keys")
 
 
+class ResumeSaveError(DissectError):
+    """The state could not be saved (a full disk): what was saved before stays for the rerun."""
+
+
 class ResumeFile:
     """Atomically saved dissection state, tied to a fingerprint of the run's inputs."""
 
@@ -61,7 +65,7 @@ class ResumeFile:
             if tmp and os.path.exists(tmp):
                 os.remove(tmp)
             kept = " (the state saved before is kept there)" if os.path.exists(self.path) else ""
-            raise DissectError(f"could not save the state for resuming to {self.path}: {e.strerror or e}{kept}; "
+            raise ResumeSaveError(f"could not save the state for resuming to {self.path}: {e.strerror or e}{kept}; "
                                "make room and run the same command again") from None  # fmt: skip
         except BaseException:
             if tmp and os.path.exists(tmp):

@@ -15,7 +15,7 @@ from dissectjax.dissect.config import DissectConfig
 from dissectjax.dissect.driver import dissect, per_device_batch
 from dissectjax.dissect.protocols import ProbeDataset, Progress, Say, Source, no_progress, silent
 from dissectjax.dissect.result import LayerResult
-from dissectjax.dissect.resume import ResumeFile
+from dissectjax.dissect.resume import ResumeFile, ResumeSaveError
 from dissectjax.errors import DissectError
 from dissectjax.output_dir import atomic_directory, check_output_path, writing_errors
 from dissectjax.parallel import DataParallel
@@ -108,6 +108,12 @@ def run_dissection(
             if resume_file is not None and os.path.exists(resume_file.path):
                 say(f"interrupted: the state saved at the last checkpoint is in {resume_file.path}; "
                     "run the same command again to resume from it")  # fmt: skip
+            raise
+        except ResumeSaveError:
+            raise  # the state saved before stays for the rerun (the message says so)
+        except DissectError:
+            if resume_file is not None:  # bad input: the fixed input will not match the saved state
+                resume_file.remove()
             raise
         try:
             with writing_errors(out):

@@ -104,7 +104,8 @@ def limit_file_size(limit: int):
 def test_a_full_disk_commits_nothing(tmp_path, workload, resume):
     """Files may grow to 3,000 bytes only: the results (or the resume state) cannot be written."""
     data, acts = workload
-    argv = [a for a in dissect_argv(data, acts, tmp_path / "out") if a != "--no-report"]
+    out = tmp_path / "out" if resume else tmp_path / "new" / "deeper" / "out"  # folders made for it go too
+    argv = [a for a in dissect_argv(data, acts, out) if a != "--no-report"]
     p = run(*argv, *([] if resume else ["--no-resume"]), preexec_fn=limit_file_size(3000))
     assert_one_line_error(p, "could not", "File too large")
     kept = [".out.resume.npz"] if ".out.resume.npz" in os.listdir(tmp_path) else []

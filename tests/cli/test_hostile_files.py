@@ -100,8 +100,9 @@ def result(tmp_path, dissection) -> pathlib.Path:
 
 
 def dissect_argv(data, acts, out, *extra) -> list:
+    """With resuming on: bad input found in the middle of the passes leaves no resume state either."""
     return ["dissect", "--dataset", data, "--activations", acts, "--out", out, "--quantile", "0.05", "--quiet",
-            "--no-report", "--no-resume", *extra]  # fmt: skip
+            "--no-report", *extra]  # fmt: skip
 
 
 # ---- 1. Broden tables and pictures ---------------------------------------------------------------
