@@ -32,7 +32,18 @@ def _named_outputs(tree) -> dict[str, object]:
     return out
 
 
+def check_linen(model) -> None:
+    """A model these functions can run: a Flax linen module, else an error saying what to use."""
+    if not isinstance(model, nn.Module):
+        raise DissectError(
+            f"{type(model).__name__} is not a Flax linen module (linen's model.apply runs it here); for an NNX module "
+            "use dissectjax.models.nnx_bridge (ModelSource.from_nnx to dissect it; fold and transplant on "
+            "nnx_bridge.Split(module).variables), or wrap it with flax.nnx.bridge.ToLinen"
+        )
+
+
 def _apply(model: nn.Module, variables, images, capture):
+    check_linen(model)
     return model.apply(variables, images, train=False, mutable=[INTERMEDIATES], capture_intermediates=capture)
 
 
