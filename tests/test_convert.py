@@ -57,8 +57,12 @@ def torch_forward(model, images, prep: Preprocessing):
 
 
 def flax_forward(model, variables, images):
+    """Logits and every sown layer, by name (``layer1_0/relu1`` for a layer sown inside a block)."""
+    from flax import traverse_util
+
     logits, state = model.apply(variables, jnp.asarray(images), mutable=["intermediates"])
-    return np.asarray(logits), {k: np.asarray(v) for k, v in state["intermediates"].items()}
+    return np.asarray(logits), {k: np.asarray(v) for k, v in traverse_util.flatten_dict(state["intermediates"],
+                                                                                    sep="/").items()}  # fmt: skip
 
 
 def state_dict(model):

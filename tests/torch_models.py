@@ -20,7 +20,8 @@ class BasicBlock(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(cin, width, 1, stride, bias=False), nn.BatchNorm2d(width))
 
     def forward(self, x):
-        y = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        self.inner = {"relu1": torch.relu(self.bn1(self.conv1(x)))}  # the units dissectjax sows in a block
+        y = self.bn2(self.conv2(self.inner["relu1"]))
         return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
 
 
@@ -41,7 +42,8 @@ class Bottleneck(nn.Module):
             self.downsample = nn.Sequential(nn.Conv2d(cin, out, 1, stride, bias=False), nn.BatchNorm2d(out))
 
     def forward(self, x):
-        y = torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+        self.inner = {"relu1": torch.relu(self.bn1(self.conv1(x)))}
+        self.inner["relu2"] = y = torch.relu(self.bn2(self.conv2(self.inner["relu1"])))
         y = self.bn3(self.conv3(y))
         return torch.relu(y + (x if self.downsample is None else self.downsample(x)))
 
@@ -65,7 +67,9 @@ class ResNet(nn.Module):
         acts = {"conv1": torch.relu(self.bn1(self.conv1(x)))}
         x = self.maxpool(acts["conv1"])
         for i in range(1, 5):
-            x = acts[f"layer{i}"] = getattr(self, f"layer{i}")(x)
+            stage = getattr(self, f"layer{i}")
+            x = acts[f"layer{i}"] = stage(x)
+            acts.update({f"layer{i}_{j}/{k}": v for j, block in enumerate(stage) for k, v in block.inner.items()})
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1)), acts
 
 
