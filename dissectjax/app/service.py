@@ -59,6 +59,7 @@ class AppService:
         self.classifier = classifier
         self.stats = stats  # ClassUnitStats or None
         self._layer_data: dict[str, LayerData] = {}
+        self._sown: tuple[str, ...] | None = None
         self._lock = threading.Lock()  # one model computation at a time
 
     # ---- views from the saved results
@@ -120,7 +121,9 @@ class AppService:
         from dissectjax.models.layers import sown_layer_names
 
         c = self.classifier
-        sown = sown_layer_names(c.model, c.variables, c.images[:1])
+        if self._sown is None:  # traced once per service, not per request
+            self._sown = sown_layer_names(c.model, c.variables, c.images[:1])
+        sown = self._sown
         if layer not in sown:
             return (f"layer {layer!r} cannot be ablated live in {type(c.model).__name__}: units are edited where a "
                     f"layer is sown, and it sows {', '.join(sown)}")  # fmt: skip

@@ -58,8 +58,15 @@ def layer_shapes(model: nn.Module, variables, images) -> dict[str, tuple[int, ..
 
     Sown layers first, then captured submodule outputs (those whose names do not clash).
     """
+    return _layer_shapes(model, variables, images)[1]
+
+
+def _layer_shapes(model: nn.Module, variables, images) -> tuple[tuple[str, ...], dict[str, tuple[int, ...]]]:
+    """(the sown layers' names, every dissectable layer's shape): one abstract run each for
+    the sown layers and for the captured submodule outputs."""
     sown = jax.eval_shape(lambda x: _apply(model, variables, x, False), images)[1].get(INTERMEDIATES, {})
     names = {k: tuple(v.shape) for k, v in _named_outputs(sown).items()}
+    sown_names = tuple(names)
     try:
         captured = jax.eval_shape(lambda x: _apply(model, variables, x, _not_sown(names)), images)[1]
         for k, v in _named_outputs(captured.get(INTERMEDIATES, {})).items():
@@ -67,7 +74,7 @@ def layer_shapes(model: nn.Module, variables, images) -> dict[str, tuple[int, ..
                 names[k] = tuple(v.shape)
     except Exception:  # models whose outputs cannot all be captured still list their sown layers
         pass
-    return names
+    return sown_names, names
 
 
 def _not_sown(sown: dict) -> Callable[[nn.Module, str], bool]:
@@ -121,7 +128,7 @@ def activation_fn(
     With ``jit``, it is compiled once per architecture and shape (:func:`compiled`),
     whichever checkpoint is passed.
     """
-    shapes = layer_shapes(model, variables, example_images)
+    sown_names, shapes = _layer_shapes(model, variables, example_images)
     unknown = [name for name in layers if name not in shapes]
     if unknown:
         raise DissectError(
@@ -130,12 +137,10 @@ def activation_fn(
     for name in layers:
         if len(shapes[name]) not in (2, 4):
             raise DissectError(f"layer {name!r} has shape {shapes[name]}; expected [B, h, w, U] or [B, U]")
-    sown = jax.eval_shape(lambda x: _apply(model, variables, x, False), example_images)[1].get(INTERMEDIATES, {})
-    sown_names = list(_named_outputs(sown))
     captured = [name for name in layers if name not in sown_names]
     # every sown layer, whichever are asked for: one program per architecture, so a layer's
     # values do not depend on which other layers are read with it (XLA fuses by outputs)
-    forward = LayerForward(model, tuple(sown_names + captured), frozenset(captured))
+    forward = LayerForward(model, (*sown_names, *captured), frozenset(captured))
     return compiled(forward) if jit else forward
 
 
