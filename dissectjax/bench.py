@@ -15,10 +15,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import sys
 import time
-from collections.abc import Callable
 
 import jax
 import numpy as np
@@ -28,6 +26,7 @@ from dissectjax.data.memory import InMemoryProbe
 from dissectjax.data.probe import ProbeBatch
 from dissectjax.dissect import DissectConfig, Passes
 from dissectjax.errors import DissectError
+from dissectjax.flags import OneLineParser, fraction, non_negative_int, positive_float, positive_int
 from dissectjax.parallel import DataParallel
 
 BRODEN_CATEGORIES = {"object": 500, "part": 200, "material": 30, "color": 11, "scene": 412, "texture": 47}
@@ -237,49 +236,21 @@ def format_rates(rows: dict) -> str:
     return "\n".join(lines)
 
 
-class _OneLineParser(argparse.ArgumentParser):
-    """Bad flags end in one line, ``dissectjax bench: error: ...``, and status 2, like every command's
-    (``dissectjax.cli.OneLineParser``, which this module may not import: nothing outside cli/ does)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
-def _flag(parse: Callable[[str], float], check: Callable[[float], bool], expected: str) -> Callable[[str], float]:
-    """An argparse ``type``: ``parse(text)`` if ``check`` holds, else an error saying what is expected."""
-
-    def convert(text: str):
-        try:
-            value = parse(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not check(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    convert.__name__ = expected
-    return convert
-
-
-_positive_int = _flag(int, lambda v: v >= 1, "a positive integer")
-_count = _flag(int, lambda v: v >= 0, "an integer >= 0")
-_fraction = _flag(float, lambda v: 0 < v < 1, "a number between 0 and 1 (exclusive)")
-_positive = _flag(float, lambda v: math.isfinite(v) and v > 0, "a positive finite number")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    p = _OneLineParser(prog="dissectjax bench", description="dissection throughput benchmarks")
+    p = OneLineParser(prog="dissectjax bench", description="dissection throughput benchmarks")
     p.add_argument("--workload", choices=["broden-scale", "small"], default="broden-scale")
-    p.add_argument("--images", type=_positive_int, default=512)
+    p.add_argument("--images", type=positive_int, default=512)
     p.add_argument(
-        "--pool", type=_positive_int, default=256, help="distinct generated rows, cycled (default: %(default)s)"
+        "--pool", type=positive_int, default=256, help="distinct generated rows, cycled (default: %(default)s)"
     )
-    p.add_argument("--baseline-images", type=_count, default=64, help="rows timed for the NumPy baseline (0: skip)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="images per device and batch")
-    p.add_argument("--quantile", type=_fraction, default=0.005)
+    p.add_argument(
+        "--baseline-images", type=non_negative_int, default=64, help="rows timed for the NumPy baseline (0: skip)"
+    )
+    p.add_argument("--batch-size", type=positive_int, default=32, help="images per device and batch")
+    p.add_argument("--quantile", type=fraction, default=0.005)
     p.add_argument("--memory", action="store_true", help="also peak RSS at N and 8N images (fresh processes)")
-    p.add_argument("--peak-tflops", type=_positive, default=790.0, help="accelerator bf16 peak, for the roofline")
-    p.add_argument("--bandwidth", type=_positive, default=3.35, help="accelerator memory TB/s, for the roofline")
+    p.add_argument("--peak-tflops", type=positive_float, default=790.0, help="accelerator bf16 peak, for the roofline")
+    p.add_argument("--bandwidth", type=positive_float, default=3.35, help="accelerator memory TB/s, for the roofline")
     return p
 
 

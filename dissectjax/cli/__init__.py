@@ -13,17 +13,10 @@ from collections.abc import Sequence
 
 from dissectjax.cli import analysis, convert, dissect, localize, report, specialize, surgery, train
 from dissectjax.errors import DissectError
+from dissectjax.flags import OneLineParser
 from dissectjax.version import __version__
 
 COMMAND_GROUPS = (dissect, train, surgery, analysis, report, convert, specialize, localize)
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """Bad flags end in one line on stderr (``dissectjax CMD: error: ...``) and status 2, like
-    every other bad input; ``--help`` shows the usage."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -3,13 +3,12 @@ progress bars, result tables."""
 
 from __future__ import annotations
 
-import argparse
-import math
 import sys
 from collections.abc import Callable, Iterable
 from typing import TypeVar
 
 from dissectjax.errors import DissectError
+from dissectjax.flags import finite_float, non_negative_int, positive_int, seed  # noqa: F401 (the commands' flag types)
 
 T = TypeVar("T")
 
@@ -72,25 +71,3 @@ def write_table(path: str, rows: list[dict]) -> None:
 
     write_csv(path, rows)
     print(f"wrote {path}", file=sys.stderr)
-
-
-def _number(parse: Callable[[str], T], check: Callable[[T], bool], expected: str) -> Callable[[str], T]:
-    """An argparse ``type``: ``parse(text)`` if ``check`` holds, else an error naming what is expected."""
-
-    def convert(text: str) -> T:
-        try:
-            value = parse(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
-        if not check(value):
-            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}")
-        return value
-
-    convert.__name__ = expected  # argparse names the type in its messages
-    return convert
-
-
-positive_int = _number(int, lambda v: v >= 1, "a positive integer")
-non_negative_int = _number(int, lambda v: v >= 0, "an integer >= 0")
-seed = _number(int, lambda v: 0 <= v < 2**32, "a seed in 0 .. 2**32 - 1")
-finite_float = _number(float, math.isfinite, "a finite number")
