@@ -8,6 +8,8 @@ import flax.linen as nn
 
 from dissectjax.errors import DissectError
 from dissectjax.models.lenet import LeNet5
+from dissectjax.models.nnx_bridge import nnx_model
+from dissectjax.models.nnx_convnet import ConvNet
 from dissectjax.models.plain import AlexNet, PlainNet, VGG16Net
 from dissectjax.models.resnet import ResNet, ResNet18, ResNet50
 from dissectjax.models.scenenet import SceneNet
@@ -19,6 +21,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "alexnet": AlexNet,
     "vgg16": VGG16Net,
     "lenet5": LeNet5,
+    "nnx_convnet": lambda **kwargs: nnx_model(ConvNet, **kwargs),  # an NNX model, as a linen module
 }
 
 

@@ -70,5 +70,10 @@ def sow_layer(module: nn.Module, name: str, value: jax.Array) -> jax.Array:
         value = edit_units(value, edit["mask"], edit["value"])
     if module.has_variable(PERTURBATIONS, name):
         value = module.perturb(name, value, collection=PERTURBATIONS)
-    module.sow(INTERMEDIATES, name, value, reduce_fn=_replace, init_fn=lambda: None)
+    sow_value(module, name, value)
     return value
+
+
+def sow_value(module: nn.Module, name: str, value: jax.Array) -> None:
+    """Sows ``value`` as ``name`` in ``intermediates``: the bare array, replacing any earlier one."""
+    module.sow(INTERMEDIATES, name, value, reduce_fn=_replace, init_fn=lambda: None)

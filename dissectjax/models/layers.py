@@ -25,10 +25,8 @@ def _named_outputs(tree) -> dict[str, object]:
     """intermediates pytree -> {layer name: value}; captured outputs are 1-tuples."""
     out = {}
     for path, value in traverse_util.flatten_dict(tree, is_leaf=lambda _, v: not isinstance(v, dict)).items():
-        if path[-1] == CALL:
-            out["/".join(path[:-1])] = value[0] if isinstance(value, tuple) else value
-        else:
-            out["/".join(path)] = value
+        name = "/".join(path[:-1] if path[-1] == CALL else path)
+        out[name] = value[-1] if isinstance(value, tuple) else value  # captured outputs, NNX sows: tuples
     return out
 
 

@@ -5,6 +5,9 @@
         surgery:    fold(module, variables, UnitEdit) / transplant(module, ...) -> variables
         back:       split.merge(variables) -> a new module (nnx.merge)
 
+    NNX class --NNXModel (a linen module: flax.nnx.bridge.ToLinen)--> checkpoints and every
+        command (dissect, ablate, match, transplant, serve): the registered ``nnx_convnet``
+
 The forward pass merges the split state inside the traced function, so it is as pure as
 a linen ``apply``; layers are what the module sows as ``nnx.Intermediate`` (captured with
 ``nnx.capture`` where this Flax has it). Surgery needs the module to describe where its
@@ -14,25 +17,135 @@ dict's paths.
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, traverse_util
+from flax.core import FrozenDict
+from flax.nnx import bridge
 
 from dissectjax.errors import DissectError
+from dissectjax.models.common import INTERMEDIATES, LAYER_VALUES, PERTURBATIONS, UNIT_EDITS, edit_units, sow_value
+
+# What NNXModel passes to the sown layers of the NNX module it runs, for the duration of one
+# call: {layer: activation -> edited activation}. Set and reset around the call (as flax sets
+# its own module context), never left behind.
+_LAYER_HOOKS: contextvars.ContextVar[Mapping[str, Callable] | None] = contextvars.ContextVar(
+    "layer_hooks", default=None
+)
+
+
+def sow_layer(module: nnx.Module, name: str, value: jax.Array) -> jax.Array:
+    """NNX's :func:`dissectjax.models.common.sow_layer`: applies the replacement or unit edit of
+    ``name`` that :class:`NNXModel` passes in (none outside it), sows the result as an
+    ``nnx.Intermediate``, returns it."""
+    hook = (_LAYER_HOOKS.get() or {}).get(name)
+    if hook is not None:
+        value = hook(value)
+    module.sow(nnx.Intermediate, name, value)
+    return value
+
+
+@contextlib.contextmanager
+def _layer_hooks(hooks: Mapping[str, Callable]) -> Iterator[None]:
+    token = _LAYER_HOOKS.set(hooks)
+    try:
+        yield
+    finally:
+        _LAYER_HOOKS.reset(token)
+
+
+def _hooks(collections: Mapping) -> dict[str, Callable]:
+    """{layer: edit} from the ``layer_values`` and ``unit_edits`` collections (linen's contract)."""
+    values = traverse_util.flatten_dict(dict(collections.get(LAYER_VALUES, {})), sep="/")
+    edits = traverse_util.flatten_dict(dict(collections.get(UNIT_EDITS, {})), sep="/")
+    edited = {key.rsplit("/", 1)[0] for key in edits}
+
+    def hook(layer: str) -> Callable:
+        def apply(x):
+            if layer in values:
+                x = jnp.reshape(values[layer], x.shape).astype(x.dtype)
+            if layer in edited:
+                x = edit_units(x, edits[f"{layer}/mask"], edits[f"{layer}/value"])
+            return x
+
+        return apply
+
+    return {layer: hook(layer) for layer in {*values, *edited}}
+
+
+class NNXModel(bridge.ToLinen):
+    """An NNX module class as a linen module (``flax.nnx.bridge.ToLinen``), so that its
+    checkpoints go through every command: parameters are the linen ``params`` collection at
+    the module's ``nnx.to_pure_dict`` paths, its sown layers are linen intermediates, and the
+    ``unit_edits`` and ``layer_values`` collections reach the layers it sows with
+    :func:`sow_layer`. ``kwargs`` must be hashable (a FrozenDict of tuples)."""
+
+    @property
+    def num_classes(self) -> int | None:
+        return self.kwargs.get("num_classes")
+
+    def unit_wiring(self, layer: str):
+        """The NNX class's own wiring, read from an abstract instance (nothing is initialized)."""
+        module = nnx.eval_shape(lambda: self.nnx_class(*self.args, **self.kwargs, rngs=nnx.Rngs(0)))
+        if not hasattr(module, "unit_wiring"):
+            raise DissectError(f"{self.nnx_class.__name__} declares no unit wiring (a unit_wiring(layer) method)")
+        return module.unit_wiring(layer)
+
+    def __call__(self, images: jax.Array, train: bool = False) -> jax.Array:
+        """Logits; sown layers go to linen's ``intermediates`` as bare arrays, like linen models'."""
+        del train  # the NNX modules here have no training-only behaviour
+        if self.is_initializing():  # ToLinen creates the parameters (the module sows outside nnx.capture once)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", r"Using 'Module.sow\(\)' outside", DeprecationWarning)
+                return super().__call__(images)
+        graphdef, state = nnx.split(nnx.eval_shape(lambda: self.nnx_class(*self.args, **self.kwargs,
+                                                                          rngs=nnx.Rngs(0))))  # fmt: skip
+        stored = {name: dict(value) for name, value in self.variables.items() if name not in EDIT_COLLECTIONS}
+        nnx.replace_by_pure_dict(state, _merged(stored.values()))
+        with _layer_hooks(_hooks(self.variables)):
+            out, sown = _run(nnx.merge(graphdef, state), images)
+        for name, value in sown.items():
+            sow_value(self, name, value)
+        return out
+
+
+EDIT_COLLECTIONS = (UNIT_EDITS, LAYER_VALUES, PERTURBATIONS, INTERMEDIATES)
+
+
+def _merged(trees) -> dict:
+    """One nested dict from collections whose paths are disjoint (``params``, ``batch_stats``)."""
+    flat = {}
+    for tree in trees:
+        flat.update(traverse_util.flatten_dict(tree))
+    return traverse_util.unflatten_dict(flat)
+
+
+def nnx_model(nnx_class: type, **kwargs) -> NNXModel:
+    """``NNXModel`` of ``nnx_class`` built with ``kwargs`` (lists become tuples: hashable)."""
+    return NNXModel(nnx_class, kwargs=FrozenDict({k: tuple(v) if isinstance(v, list) else v
+                                                  for k, v in kwargs.items()}))  # fmt: skip
+
+
+def _run(module: nnx.Module, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Runs ``module``: (its output, what it sowed as ``nnx.Intermediate``: {name: array})."""
+    if hasattr(nnx, "capture"):
+        out, state = nnx.capture(module, nnx.Intermediate)(images)
+    else:  # older Flax: sown values stay on the module until popped
+        out = module(images)
+        state = nnx.pop(module, nnx.Intermediate)
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(state), is_leaf=lambda _, v: not isinstance(v, dict))
+    return out, {"/".join(map(str, k)): v[-1] if isinstance(v, tuple) else v for k, v in flat.items()}
 
 
 def _sown(module: nnx.Module, images: jax.Array) -> dict[str, jax.Array]:
     """Runs ``module`` and returns what it sowed as ``nnx.Intermediate``: {name: array}."""
-    if hasattr(nnx, "capture"):
-        _, state = nnx.capture(module, nnx.Intermediate)(images)
-    else:  # older Flax: sown values stay on the module until popped
-        module(images)
-        state = nnx.pop(module, nnx.Intermediate)
-    flat = traverse_util.flatten_dict(nnx.to_pure_dict(state), is_leaf=lambda _, v: not isinstance(v, dict))
-    return {"/".join(map(str, k)): v[-1] if isinstance(v, tuple) else v for k, v in flat.items()}
+    return _run(module, images)[1]
 
 
 def call(module: nnx.Module, images: jax.Array) -> jax.Array:

@@ -3,6 +3,7 @@
 import csv
 import json
 
+import numpy as np
 import pytest
 
 from dissectjax.checkpoint import demo_checkpoint, init_variables, save_checkpoint
@@ -78,3 +79,50 @@ def test_surgery_errors(tmp_path, capsys, narrow, argv, expect):
 def test_images_must_be_positive(capsys):
     assert main(["match", "--a", CHECKPOINT, "--b", CHECKPOINT, "--layer", "conv4", "--images", "0"]) == 2
     assert "argument --images: expected a positive integer" in capsys.readouterr().err
+
+
+@pytest.fixture(scope="module")
+def nnx_checkpoints(tmp_path_factory):
+    """Two NNX ConvNet instances (random init, seeds 0 and 1) saved as checkpoints of the
+    registered ``nnx_convnet`` (an NNX class run as a linen module: models.nnx_bridge.NNXModel)."""
+    root = tmp_path_factory.mktemp("nnx")
+    kwargs = {"widths": [8, 12, 16], "num_classes": 12}
+    paths = []
+    for seed in (0, 1):
+        path = str(root / f"nnx{seed}")
+        save_checkpoint(path, "nnx_convnet", kwargs, (64, 64, 3),
+                        init_variables(build_model("nnx_convnet", **kwargs), (64, 64, 3), seed=seed))  # fmt: skip
+        paths.append(path)
+    return paths
+
+
+def test_an_nnx_model_through_every_surgery_command(nnx_checkpoints, tmp_path, capsys):
+    a, b = nnx_checkpoints
+    assert main(["ablate", "--checkpoint", a, "--layer", "conv2", "--units", "1,2", "--images", "24", "--quiet",
+                 "--out", str(tmp_path / "abl")]) == 0  # fmt: skip
+    assert len(list(csv.DictReader(open(tmp_path / "abl" / "ablation.csv")))) == 12
+    assert main(["match", "--a", a, "--b", a, "--layer", "conv3", "--images", "24", "--quiet",
+                 "--out", str(tmp_path / "self")]) == 0  # fmt: skip
+    assert all(r["unit_a"] == r["slot_b"] for r in csv.DictReader(open(tmp_path / "self" / "matching.csv")))
+    out = tmp_path / "moved"
+    assert main(["transplant", "--source", a, "--target", b, "--layer", "conv2", "--units", "3", "--slots", "5",
+                 "--images", "24", "--quiet", "--out", str(out)]) == 0  # fmt: skip
+    from dissectjax.checkpoint import load_checkpoint
+
+    _, source, _ = load_checkpoint(a)
+    _, moved, config = load_checkpoint(str(out))
+    assert config["model"] == "nnx_convnet"
+    np.testing.assert_array_equal(moved["params"]["block2"]["bias"][5], source["params"]["block2"]["bias"][3])
+    from conftest import random_broden
+
+    random_broden(tmp_path / "probe", seed=1, n=10, image_size=(64, 64))
+    assert main(["dissect", "--dataset", str(tmp_path / "probe"), "--checkpoint", a, "--layers", "conv2,conv3",
+                 "--out", str(tmp_path / "dis"), "--quantile", "0.05", "--quiet", "--no-report"]) == 0  # fmt: skip
+    assert (tmp_path / "dis" / "conv3" / "units.csv").is_file()
+    from dissectjax.app import AppService, load_classifier
+    from dissectjax.report import Dissection
+
+    service = AppService(Dissection.load(str(tmp_path / "dis")), load_classifier(a, "synthetic", 24))
+    view = service.ablate("conv3", [1, 2])  # the app's live ablation, on the NNX model
+    assert view.units == [1, 2] and len(view.classes) == 12
+    capsys.readouterr()

@@ -199,7 +199,7 @@ def _nnx_zeroed(split: nnx_bridge.Split, layer: str):
     def run(variables, images):
         module = split.merge(variables)
         h = images.astype(jnp.float32) / 255.0
-        for i, conv in enumerate(module.convs):
+        for i, conv in enumerate(module.conv(name) for name in module.layer_names):
             h = nnx.relu(conv(h))
             if f"conv{i + 1}" == layer:
                 h = jnp.zeros_like(h)
@@ -413,11 +413,11 @@ def plant_resnet18(v: dict) -> None:
 
 def plant_nnx_convnet(v: dict) -> None:
     p = v["params"]
-    detector(p["convs"][0]["kernel"], LANE, 1.0)  # pixels / 255
-    p["convs"][0]["bias"][LANE] = -3 * WHITE
+    detector(p["block1"]["kernel"], LANE, 1.0)  # pixels / 255
+    p["block1"]["bias"][LANE] = -3 * WHITE
     for i in (1, 2):
-        relay(p["convs"][i]["kernel"], LANE, LANE)
-        p["convs"][i]["bias"][LANE] = 0.0
+        relay(p[f"block{i + 1}"]["kernel"], LANE, LANE)
+        p[f"block{i + 1}"]["bias"][LANE] = 0.0
     reader(p["classifier"]["kernel"], p["classifier"]["bias"], LANE, WEIGHT, OFFSET)
 
 

@@ -23,6 +23,7 @@ SOWN = {
     "resnet50": ((64, 64, 3), {"layer1": (16, 16, 256), "layer4": (2, 2, 2048)}),
     "alexnet": ((67, 67, 3), {"conv1": (16, 16, 64), "conv5": (3, 3, 256), "fc7": (4096,)}),
     "vgg16": ((32, 32, 3), {"conv1_1": (32, 32, 64), "conv5_3": (2, 2, 512), "fc6": (4096,)}),
+    "nnx_convnet": ((32, 32, 3), {"conv1": (32, 32, 32), "conv2": (16, 16, 64), "conv3": (8, 8, 96)}),
 }
 
 
@@ -40,7 +41,8 @@ def test_sown_layers(name):
 
 
 def test_unknown_names_list_the_alternatives():
-    with pytest.raises(DissectError, match="available models: alexnet, lenet5, resnet18, resnet50, scenenet, vgg16"):
+    models = "alexnet, lenet5, nnx_convnet, resnet18, resnet50, scenenet, vgg16"
+    with pytest.raises(DissectError, match=f"available models: {models}"):
         build_model("alexnet9")
     model = build_model("lenet5")
     x = jnp.zeros((1, 32, 32, 1), jnp.uint8)

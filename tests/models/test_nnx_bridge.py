@@ -25,7 +25,7 @@ def by_hand(module, x, layer=None, zero=()):
     """ConvNet's forward written out, with units of ``layer`` zeroed: (logits, {layer: activation})."""
     acts = {}
     h = x.astype(jnp.float32) / 255.0
-    for i, conv in enumerate(module.convs):
+    for i, conv in enumerate(module.conv(name) for name in module.layer_names):
         h = nnx.relu(conv(h))
         if f"conv{i + 1}" == layer and zero:
             h = h.at[..., list(zero)].set(0.0)
