@@ -13,7 +13,7 @@ The curated public API (``import dissectjax as dj``); docs/ARCHITECTURE.md maps 
 >>> edit.units.tolist()
 [3, 17]
 >>> sorted(dj.MODELS)[:3]
-['alexnet', 'lenet5', 'resnet18']
+['alexnet', 'lenet5', 'nnx_convnet']
 """
 
 from dissectjax import evaluate
