@@ -225,10 +225,20 @@ def read_csv_table(path: str, columns: Sequence[str], expected: str) -> tuple[li
     return header, rows
 
 
+MAX_NPZ_BYTES = 4 << 30  # decompressed; a result or statistics file is megabytes (ResNet-50 layer4: ~30 MB)
+
+
 def read_npz(path: str, expected: str) -> dict[str, np.ndarray]:
     """Every array of the ``.npz`` archive ``path``, loaded with ``allow_pickle=False``. A file that
-    is missing, not an archive, truncated or damaged is a DissectError naming it and ``expected``."""
+    is missing, not an archive, truncated or damaged, or that would decompress to more than
+    :data:`MAX_NPZ_BYTES` (a zip bomb), is a DissectError naming it and ``expected``."""
     try:
+        if zipfile.is_zipfile(path):  # sizes from the archive's directory, before anything is inflated
+            with zipfile.ZipFile(path) as archive:
+                size = sum(member.file_size for member in archive.infolist())
+            if size > MAX_NPZ_BYTES:
+                raise DissectError(f"{path} would decompress to {size / 2**30:.1f} GiB, more than any dissectjax "
+                                   f"file holds ({MAX_NPZ_BYTES / 2**30:.0f} GiB); expected {expected}")  # fmt: skip
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.lib.npyio.NpzFile):
             raise ValueError("it holds a single .npy array")

@@ -228,6 +228,14 @@ def test_a_top_image_missing_from_top_images_npz(tmp_path, monkeypatch, capsys, 
     refused(capsys, tmp_path, ["report", result], f"top_images.npz lacks dataset row {rows[0]}")
 
 
+def test_an_archive_that_would_decompress_past_the_bound(tmp_path, monkeypatch, capsys, result):
+    """A zip bomb is refused from the archive's directory, before anything is inflated (the bound
+    is lowered here, so that a real result file stands for one)."""
+    monkeypatch.setattr("dissectjax.results.MAX_NPZ_BYTES", 1000)
+    monkeypatch.chdir(tmp_path)
+    refused(capsys, tmp_path, ["report", result], "counts.npz would decompress to", "more than any dissectjax file")
+
+
 @pytest.mark.parametrize(
     "text, fragment",
     [
