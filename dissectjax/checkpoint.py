@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from dissectjax.errors import DissectError
+from dissectjax.errors import DissectError, one_line
 from dissectjax.models import MODELS, build_model
 from dissectjax.models.scenenet import fold_whitening
 
@@ -151,10 +151,6 @@ def _this_process_checkpointer() -> ocp.StandardCheckpointer:
     )
 
 
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
-
-
 def read_config(directory: str) -> dict:
     """The checkpoint's config.json, checked: a JSON object with ``model``, ``input_shape``
     ([H, W, C], positive integers), ``model_kwargs`` (an object) and ``checksums`` (if any)."""
@@ -169,10 +165,10 @@ def read_config(directory: str) -> dict:
         with open(path, encoding="utf-8") as f:
             config = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DissectError(f"checkpoint {directory}: config.json is not valid JSON ({_one_line(e)}); "
+        raise DissectError(f"checkpoint {directory}: config.json is not valid JSON ({one_line(e)}); "
                            f"expected {_EXPECTED}") from None  # fmt: skip
     except OSError as e:
-        raise DissectError(f"checkpoint {directory}: cannot read config.json: {_one_line(e)}") from None
+        raise DissectError(f"checkpoint {directory}: cannot read config.json: {one_line(e)}") from None
     _check_config(directory, config)
     return config
 
@@ -257,7 +253,7 @@ def _scan_state(directory: str, state: str) -> None:
                 break
     except ValueError as e:  # TensorStore's errors (missing, truncated or corrupt files)
         raise DissectError(
-            f"checkpoint {directory}: state/ is damaged or incomplete ({_one_line(e)}); {_INTACT}"
+            f"checkpoint {directory}: state/ is damaged or incomplete ({one_line(e)}); {_INTACT}"
         ) from None
     if not keys:
         raise DissectError(f"checkpoint {directory}: state/ holds no arrays (state/manifest.ocdbt is missing or "
@@ -276,12 +272,12 @@ def _stored_arrays(directory: str, state: str, checkpointer) -> dict:
     except FileNotFoundError:
         raise DissectError(f"checkpoint {directory}: state/_METADATA is missing; {_INTACT}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DissectError(f"checkpoint {directory}: state/_METADATA is damaged ({_one_line(e)}); expected the "
+        raise DissectError(f"checkpoint {directory}: state/_METADATA is damaged ({one_line(e)}); expected the "
                            "JSON orbax wrote: restore it or re-create the checkpoint") from None  # fmt: skip
     try:
         metadata = checkpointer.metadata(state)
     except (FileNotFoundError, ValueError) as e:
-        raise DissectError(f"checkpoint {directory}: cannot read state/ ({_one_line(e)})") from None
+        raise DissectError(f"checkpoint {directory}: cannot read state/ ({one_line(e)})") from None
     tree = getattr(metadata, "item_metadata", None)
     if tree is None:
         raise DissectError(f"checkpoint {directory}: state/ has no readable array metadata; {_INTACT}")
@@ -367,11 +363,11 @@ def load_checkpoint(directory: str, fold: bool = False):
     try:
         variables = checkpointer.restore(state, target)
     except (FileNotFoundError, ValueError) as e:
-        raise DissectError(f"cannot restore checkpoint {directory}: {_one_line(e)}") from None
+        raise DissectError(f"cannot restore checkpoint {directory}: {one_line(e)}") from None
     except Exception as e:
         if not _orbax_read_error(e):
             raise
-        raise DissectError(f"checkpoint {directory}: state/ is damaged ({_one_line(e.__cause__)}); {_INTACT}") from None
+        raise DissectError(f"checkpoint {directory}: state/ is damaged ({one_line(e.__cause__)}); {_INTACT}") from None
     _verify(directory, config, variables)
     variables = jax.tree.map(lambda x, a: x if x.dtype == a.dtype else x.astype(a.dtype), variables, abstract)
     if fold and getattr(model, "whiten", ()):
@@ -412,7 +408,7 @@ def check_model_runs(model: nn.Module, image_shape, where: str = "", config: dic
         else:
             advice = "give larger images"
         raise DissectError(f"{where}model {name} cannot run on images of shape {image_shape}: "
-                           f"{_one_line(e)[:300]}; {advice}") from None  # fmt: skip
+                           f"{one_line(e)[:300]}; {advice}") from None  # fmt: skip
 
 
 def _model_name(model: nn.Module) -> str:

@@ -30,7 +30,7 @@ import numpy as np
 
 from dissectjax.data.concepts import Concepts
 from dissectjax.dissect.result import LayerResult
-from dissectjax.errors import DissectError
+from dissectjax.errors import DissectError, one_line
 from dissectjax.output_dir import add_to_manifest
 from dissectjax.stats.labels import (
     DETECTOR_RULES,
@@ -198,10 +198,6 @@ def write_top_images(path: str, results: Mapping[str, LayerResult], dataset) -> 
 
 
 # ---- reading, checked: every file of an output directory may be damaged or hostile --------------
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
-
-
 def read_csv_table(path: str, columns: Sequence[str], expected: str) -> tuple[list[str], list[dict[str, str]]]:
     """(header, rows) of the CSV table ``path``: UTF-8 text (a byte order mark is accepted) whose
     header holds ``columns``. Anything else is a DissectError naming the file and ``expected``."""
@@ -215,9 +211,9 @@ def read_csv_table(path: str, columns: Sequence[str], expected: str) -> tuple[li
     except UnicodeDecodeError as e:
         raise DissectError(f"{path}: byte {e.start} is not UTF-8 text ({e.reason}); expected {expected}") from None
     except csv.Error as e:
-        raise DissectError(f"{path}: malformed CSV ({_one_line(e)}); expected {expected}") from None
+        raise DissectError(f"{path}: malformed CSV ({one_line(e)}); expected {expected}") from None
     except OSError as e:
-        raise DissectError(f"{path}: cannot read it ({_one_line(e)}); expected {expected}") from None
+        raise DissectError(f"{path}: cannot read it ({one_line(e)}); expected {expected}") from None
     missing = [c for c in columns if c not in header]
     if missing:
         raise DissectError(f"{path} has no column {missing[0]!r} (its header: {','.join(header)[:200]!r}); "
@@ -247,7 +243,7 @@ def read_npz(path: str, expected: str) -> dict[str, np.ndarray]:
     except FileNotFoundError:
         raise DissectError(f"{path} is missing; expected {expected}") from None
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as e:  # what NumPy and zipfile raise
-        raise DissectError(f"{path} is not a readable .npz archive ({_one_line(e)[:200]}); "
+        raise DissectError(f"{path} is not a readable .npz archive ({one_line(e)[:200]}); "
                            f"expected {expected}") from None  # fmt: skip
 
 
@@ -377,9 +373,9 @@ def read_summary(directory: str) -> dict:
     except UnicodeDecodeError as e:
         raise DissectError(f"{path}: byte {e.start} is not UTF-8 text ({e.reason}); expected {_SUMMARY}") from None
     except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError; nesting too deep: RecursionError
-        raise DissectError(f"{path} is not valid JSON ({_one_line(e)[:200]}); expected {_SUMMARY}") from None
+        raise DissectError(f"{path} is not valid JSON ({one_line(e)[:200]}); expected {_SUMMARY}") from None
     except OSError as e:
-        raise DissectError(f"{path}: cannot read it ({_one_line(e)}); expected {_SUMMARY}") from None
+        raise DissectError(f"{path}: cannot read it ({one_line(e)}); expected {_SUMMARY}") from None
     if not isinstance(summary, dict):
         raise DissectError(f"{path} holds a JSON {type(summary).__name__}; expected {_SUMMARY}")
     layers = summary.get("layers")

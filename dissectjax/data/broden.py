@@ -20,7 +20,7 @@ from PIL import Image
 
 from dissectjax.data.concepts import Concepts
 from dissectjax.data.probe import load_rows, normalize_labels
-from dissectjax.errors import DissectError
+from dissectjax.errors import DissectError, one_line
 
 INDEX_FIELDS = ("image", "split", "ih", "iw", "sh", "sw")
 
@@ -93,13 +93,9 @@ def _read_csv(path: str) -> tuple[list[str], list[dict[str, str]]]:
         raise DissectError(f"{path}: byte {e.start} is not UTF-8 text ({e.reason}); expected a CSV table in UTF-8: "
                            "convert the file to UTF-8") from None  # fmt: skip
     except csv.Error as e:
-        raise DissectError(f"{path}: malformed CSV ({_one_line(e)}); expected a CSV table with a header row") from None
+        raise DissectError(f"{path}: malformed CSV ({one_line(e)}); expected a CSV table with a header row") from None
     except OSError as e:
-        raise DissectError(f"{path}: cannot read it ({_one_line(e)})") from None
-
-
-def _one_line(e: BaseException) -> str:
-    return " ".join(str(e).split())
+        raise DissectError(f"{path}: cannot read it ({one_line(e)})") from None
 
 
 def _hw(size: Sequence[int]) -> str:
@@ -293,10 +289,10 @@ class BrodenDataset:
         except FileNotFoundError:
             raise DissectError(f"{where} is missing") from None
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise DissectError(f"{where} declares too many pixels ({_one_line(e)}); expected a picture of "
+            raise DissectError(f"{where} declares too many pixels ({one_line(e)}); expected a picture of "
                                f"{_hw(size)} pixels, as index.csv says") from None  # fmt: skip
         except (OSError, ValueError, SyntaxError) as e:  # UnidentifiedImageError is an OSError
-            raise DissectError(f"{where}: cannot read it ({_one_line(e)}); expected a PNG or JPEG picture") from None
+            raise DissectError(f"{where}: cannot read it ({one_line(e)}); expected a PNG or JPEG picture") from None
         with picture:
             declared = (picture.height, picture.width)
             if declared != tuple(size):
@@ -305,7 +301,7 @@ class BrodenDataset:
             try:
                 return np.asarray(picture.convert("RGB"))
             except (OSError, ValueError, Image.DecompressionBombError) as e:
-                raise DissectError(f"{where}: cannot decode it ({_one_line(e)}); expected an intact PNG or JPEG "
+                raise DissectError(f"{where}: cannot decode it ({one_line(e)}); expected an intact PNG or JPEG "
                                    "picture") from None  # fmt: skip
 
     def load_image(self, i: int) -> np.ndarray:

@@ -18,7 +18,7 @@ import dataclasses
 
 import numpy as np
 
-from dissectjax.errors import DissectError
+from dissectjax.errors import DissectError, first_line
 
 # Style variants per digit: (name, rate); rates of a digit sum to 1.
 DEFAULT_STYLES: dict[int, tuple[tuple[str, float], ...]] = {
@@ -159,7 +159,7 @@ def tfds_mnist(data_dir: str, split: str = "train", image_size: int = 32):
         source = tfds.data_source("mnist", split=split, data_dir=data_dir, download=False)
     except Exception as e:  # tfds raises several types for "not prepared here"
         raise DissectError(
-            f"MNIST is not prepared under {data_dir!r} ({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}). "
+            f"MNIST is not prepared under {data_dir!r} ({type(e).__name__}: {first_line(e)}). "
             "Prepare it once on a machine with network access (tfds build mnist --file_format=array_record "
             f"--data_dir {data_dir}) and copy the folder; dissectjax downloads nothing."
         ) from None

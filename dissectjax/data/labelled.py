@@ -57,7 +57,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from dissectjax.errors import DissectError
+from dissectjax.data.tfds_probe import default_tfds_dir, prepared_builder
+from dissectjax.errors import DissectError, first_line
 
 LABELLED_SPLITS = ("rank", "eval")  # rank: choose units; eval: measure (disjoint)
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")  # compared lower-case
@@ -147,11 +148,6 @@ def input_size(input_shape: Sequence[int]) -> tuple[int, int, int]:
     return height, width, channels
 
 
-def default_tfds_dir() -> str:
-    """TFDS's default data directory: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
-    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
-
-
 # ---- the split rule ---------------------------------------------------------------------
 def check_split(split: str) -> str:
     """``split`` if it is one of :data:`LABELLED_SPLITS`, else a DissectError listing them."""
@@ -216,7 +212,7 @@ def decode_image(name: str, payload: Payload, shape: tuple[int, int, int]) -> np
             image = file.convert("L" if shape[2] == 1 else "RGB")  # reads every pixel
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise DissectError(
-            f"{name}: not a readable image ({type(e).__name__}: {_first_line(e)}); replace or remove it"
+            f"{name}: not a readable image ({type(e).__name__}: {first_line(e)}); replace or remove it"
         ) from None
     return fit_image(image, shape)
 
@@ -261,11 +257,6 @@ def _labelled(images: np.ndarray, labels: np.ndarray, class_names: Sequence[str]
     images.setflags(write=False)
     labels.setflags(write=False)
     return LabelledImages(images, labels, tuple(class_names), source, split)
-
-
-def _first_line(error: Exception) -> str:
-    """The first line of an exception's message, at most 200 characters."""
-    return (str(error).splitlines() or [""])[0][:200]
 
 
 def _check_classes(source: str, names: Sequence[str], num_classes: int, advice: str) -> None:
@@ -402,20 +393,9 @@ def tfds_features(features, name: str) -> tuple[str, str, tuple[str, ...]]:
 def _tfds(spec: str, split: str, count: int | None, shape, num_classes: int, data_dir: str, progress: Progress):
     """``tfds:NAME[:SPLIT]`` prepared under ``data_dir`` (see the module docstring)."""
     name, _, tfds_split = spec[len("tfds:") :].partition(":")
-    try:
-        import tensorflow_datasets as tfds
-    except ImportError:
-        raise DissectError("tensorflow-datasets is not installed: pip install tensorflow-datasets") from None
-    from tensorflow_datasets.core.read_only_builder import builder_from_files
+    builder = prepared_builder(name, data_dir)
+    import tensorflow_datasets as tfds  # prepared_builder found it installed
 
-    try:  # from the prepared files alone: nothing is generated or downloaded
-        builder = builder_from_files(name, data_dir=data_dir)
-    except Exception as e:  # tfds raises many types for "not prepared here"
-        raise DissectError(
-            f"TFDS dataset {name!r} is not prepared under {data_dir!r} ({type(e).__name__}: "
-            f"{_first_line(e)}); prepare it with array_record first (tfds build "
-            "--file_format=array_record, or give its data directory); nothing is downloaded"
-        ) from None
     splits = list(builder.info.splits)
     tfds_split = tfds_split or next((s for s in TFDS_DEFAULT_SPLITS if s in splits), "")
     if tfds_split.partition("[")[0] not in splits:
@@ -430,7 +410,7 @@ def _tfds(spec: str, split: str, count: int | None, shape, num_classes: int, dat
         records = builder.as_data_source(split=tfds_split, decoders=skip)
     except Exception as e:
         raise DissectError(
-            f"{source} cannot be read without TensorFlow ({type(e).__name__}: {_first_line(e)}); "
+            f"{source} cannot be read without TensorFlow ({type(e).__name__}: {first_line(e)}); "
             "prepare it with --file_format=array_record"
         ) from None
     labels = np.concatenate([[r[label_key] for r in records.__getitems__(list(part))]

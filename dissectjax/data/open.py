@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable
 from dissectjax.data import synthetic
 from dissectjax.data.broden import BrodenDataset
 from dissectjax.data.probe import ProbeDataset
-from dissectjax.data.tfds_probe import TFDSProbe, parse_mapping
+from dissectjax.data.tfds_probe import TFDSProbe, default_tfds_dir, parse_mapping
 from dissectjax.errors import DissectError
 
 PROBE_SIZE = synthetic.SyntheticConfig.size  # 'synthetic' is the generator's default set
@@ -82,7 +82,7 @@ def _synthetic(spec: str, progress, say, split: str | None) -> tuple[ProbeDatase
 
 def _tfds(spec: str, say, split: str | None, data_dir: str | None, mapping: str | None) -> tuple[ProbeDataset, str]:
     name, _, tfds_split = spec[len("tfds:") :].partition(":")
-    data_dir = data_dir or os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+    data_dir = data_dir or default_tfds_dir()
     dataset = TFDSProbe(name, tfds_split or split, data_dir, parse_mapping(mapping))
     say(f"probe set: TFDS {name} split {dataset.split}, {len(dataset)} images, from {data_dir}")
     return dataset, f"tfds:{name}:{dataset.split}"

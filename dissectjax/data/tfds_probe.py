@@ -21,7 +21,7 @@ import numpy as np
 
 from dissectjax.data.concepts import Concepts
 from dissectjax.data.probe import ProbeBatch, normalize_labels
-from dissectjax.errors import DissectError
+from dissectjax.errors import DissectError, first_line
 from dissectjax.stats.tally import LabelBatch
 
 
@@ -36,26 +36,45 @@ def parse_mapping(text: str | None) -> dict[str, str]:
     return mapping
 
 
+def default_tfds_dir() -> str:
+    """TFDS's default data directory: $TFDS_DATA_DIR, else ~/tensorflow_datasets."""
+    return os.environ.get("TFDS_DATA_DIR") or os.path.expanduser("~/tensorflow_datasets")
+
+
+def prepared_builder(name: str, data_dir: str):
+    """The TFDS builder of dataset ``name`` from its prepared files under ``data_dir`` alone: no
+    builder code runs, nothing can be generated or downloaded. Not installed or not prepared
+    there: a DissectError that says so."""
+    try:
+        import tensorflow_datasets  # noqa: F401
+    except ImportError:
+        raise DissectError("tensorflow-datasets is not installed: pip install tensorflow-datasets") from None
+    from tensorflow_datasets.core.read_only_builder import builder_from_files
+
+    try:
+        return builder_from_files(name, data_dir=data_dir)
+    except Exception as e:  # tfds raises many types for "not prepared here"
+        raise _not_prepared(repr(name), data_dir, e) from None
+
+
+def _not_prepared(what: str, data_dir: str, error: Exception) -> DissectError:
+    return DissectError(
+        f"TFDS dataset {what} is not prepared under {data_dir!r} ({type(error).__name__}: {first_line(error)}); "
+        "prepare it with array_record first (dissectjax prepare-tfds, or tfds build --file_format=array_record); "
+        "nothing is downloaded"
+    )
+
+
 class TFDSProbe:
     """Rows of a prepared TFDS split (see the module docstring)."""
 
     def __init__(self, name: str, split: str | None, data_dir: str, mapping: dict[str, str] | None = None):
+        builder = prepared_builder(name, data_dir)
+        split = split or next(iter(builder.info.splits))
         try:
-            import tensorflow_datasets  # noqa: F401
-        except ImportError:
-            raise DissectError("tensorflow-datasets is not installed: pip install tensorflow-datasets") from None
-        from tensorflow_datasets.core.read_only_builder import builder_from_files
-
-        try:  # from the prepared files alone: no builder code runs, nothing can be generated or downloaded
-            builder = builder_from_files(name, data_dir=data_dir)
-            split = split or next(iter(builder.info.splits))
             self._source = builder.as_data_source(split=split)
         except Exception as e:  # tfds raises many types for "not prepared here"
-            raise DissectError(
-                f"TFDS dataset {name!r} (split {split!r}) is not prepared under {data_dir!r} "
-                f"({type(e).__name__}: {(str(e).splitlines() or [''])[0][:200]}); prepare it with array_record first "
-                "(dissectjax prepare-tfds, or tfds build --file_format=array_record); nothing is downloaded"
-            ) from None
+            raise _not_prepared(f"{name!r} (split {split!r})", data_dir, e) from None
         self.name, self.split = name, split
         features = builder.info.features
         own = {"image", "pixel", "image_labels"} <= set(features.keys())
