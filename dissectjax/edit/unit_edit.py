@@ -30,7 +30,7 @@ import numpy as np
 from flax import struct
 
 from dissectjax.errors import DissectError
-from dissectjax.models.common import UNIT_EDITS, edit_units, nested
+from dissectjax.models.common import UNIT_EDITS, edit_entries, edit_units, nested
 from dissectjax.models.unit_wiring import unit_wiring
 from dissectjax.models.wiring import from_unit_axis, read_slice, replace_slice, unit_axis
 
@@ -110,23 +110,12 @@ def with_edits(variables: Mapping, *edits: UnitEdit) -> dict:
     """``variables`` plus the ``unit_edits`` collection that applies ``edits`` where their layers
     are sown (:func:`dissectjax.models.common.sow_layer`); pass the result to ``model.apply``.
     A layer sown in a submodule (``layer4_1/conv1``) is edited there."""
-    flat = _edited_layers(variables.get(UNIT_EDITS, {}))
+    flat = edit_entries(variables.get(UNIT_EDITS, {}))
     for edit in edits:
         if edit.layer in flat:
             raise DissectError(f"two edits of layer {edit.layer}: combine them into one")
         flat[edit.layer] = {"mask": edit.mask, "value": edit.value}
     return {**variables, UNIT_EDITS: nested(flat)}
-
-
-def _edited_layers(collection: Mapping, prefix: str = "") -> dict:
-    """A ``unit_edits`` collection -> {layer path: {"mask", "value"}}."""
-    out = {}
-    for key, node in collection.items():
-        if "mask" in node:
-            out[prefix + key] = dict(node)
-        else:
-            out.update(_edited_layers(node, f"{prefix}{key}/"))
-    return out
 
 
 def fold(model, variables: Mapping, edit: UnitEdit, example=None) -> dict:

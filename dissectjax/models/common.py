@@ -23,11 +23,15 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 INTERMEDIATES = "intermediates"
 UNIT_EDITS = "unit_edits"
 PERTURBATIONS = "perturbations"
 LAYER_VALUES = "layer_values"
+
+
+EDIT_COLLECTIONS = (UNIT_EDITS, PERTURBATIONS, LAYER_VALUES)  # what sow_layer reads; never stored
 
 
 def nested(entries: dict[str, object]) -> dict:
@@ -36,14 +40,28 @@ def nested(entries: dict[str, object]) -> dict:
     >>> nested({"layer4_1/conv1": 1, "conv5": 2})
     {'layer4_1': {'conv1': 1}, 'conv5': 2}
     """
-    out: dict = {}
-    for name, value in entries.items():
-        *parents, leaf = name.split("/")
-        node = out
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
-    return out
+    return traverse_util.unflatten_dict(entries, sep="/")
+
+
+def edit_entries(collection) -> dict[str, dict]:
+    """A ``unit_edits`` collection -> ``{layer path: {"mask", "value"}}``.
+
+    >>> edit_entries({"layer4_1": {"relu1": {"mask": 1, "value": 0}}})
+    {'layer4_1/relu1': {'mask': 1, 'value': 0}}
+    """
+    flat = traverse_util.flatten_dict(dict(collection), sep="/", is_leaf=lambda _, node: "mask" in node)
+    return {layer: dict(entry) for layer, entry in flat.items()}
+
+
+def edited_value(value: jax.Array, replacement: jax.Array | None = None, edit: dict | None = None) -> jax.Array:
+    """A sown layer's value after its ``layer_values`` entry (``replacement``, reshaped to it)
+    and its ``unit_edits`` entry (``{"mask", "value"}``), where given: the one rule every
+    sow function applies (:func:`sow_layer`, :func:`dissectjax.models.nnx_bridge.sow_layer`)."""
+    if replacement is not None:
+        value = jnp.reshape(replacement, value.shape).astype(value.dtype)
+    if edit is not None:
+        value = edit_units(value, edit["mask"], edit["value"])
+    return value
 
 
 def _replace(_previous, new):
@@ -63,11 +81,7 @@ def edit_units(x: jax.Array, mask: jax.Array, value: jax.Array) -> jax.Array:
 def sow_layer(module: nn.Module, name: str, value: jax.Array) -> jax.Array:
     """Applies any replacement, unit edit and perturbation of ``name``, sows the result (the bare
     array), returns it."""
-    if module.has_variable(LAYER_VALUES, name):
-        value = jnp.reshape(module.get_variable(LAYER_VALUES, name), value.shape).astype(value.dtype)
-    if module.has_variable(UNIT_EDITS, name):
-        edit = module.get_variable(UNIT_EDITS, name)
-        value = edit_units(value, edit["mask"], edit["value"])
+    value = edited_value(value, module.get_variable(LAYER_VALUES, name), module.get_variable(UNIT_EDITS, name))
     if module.has_variable(PERTURBATIONS, name):
         value = module.perturb(name, value, collection=PERTURBATIONS)
     sow_value(module, name, value)

@@ -18,6 +18,11 @@ from flax import traverse_util
 from dissectjax.errors import DissectError
 from dissectjax.models.common import INTERMEDIATES, LAYER_VALUES, nested
 
+try:  # jax >= 0.4.30
+    from jax.extend.core import Literal
+except ImportError:  # pragma: no cover - older jax
+    from jax.core import Literal
+
 CALL = "__call__"
 
 
@@ -151,8 +156,8 @@ def depends_only_on(model: nn.Module, variables, layer: str, example_images) -> 
     Decided on the traced computation, conservatively: an operation with any input that
     depends on the images is taken to depend on them.
     """
-    shapes = jax.eval_shape(lambda x: _apply(model, variables, x, False), example_images)[1][INTERMEDIATES]
-    value = jax.ShapeDtypeStruct(_named_outputs(shapes)[layer].shape, _named_outputs(shapes)[layer].dtype)
+    sown = jax.eval_shape(lambda x: _apply(model, variables, x, False), example_images)[1][INTERMEDIATES]
+    value = _named_outputs(sown)[layer]  # a ShapeDtypeStruct: the layer's shape and dtype
 
     def logits(images, values):
         return model.apply({**variables, LAYER_VALUES: nested({layer: values})}, images, train=False)
@@ -161,10 +166,6 @@ def depends_only_on(model: nn.Module, variables, layer: str, example_images) -> 
     jaxpr = closed.jaxpr
     tainted = {id(jaxpr.invars[0])}
     for eqn in jaxpr.eqns:
-        if any(id(v) in tainted for v in eqn.invars if not _is_literal(v)):
+        if any(id(v) in tainted for v in eqn.invars if not isinstance(v, Literal)):
             tainted.update(id(v) for v in eqn.outvars)
-    return not any(id(v) in tainted for v in jaxpr.outvars if not _is_literal(v))
-
-
-def _is_literal(var) -> bool:
-    return not hasattr(var, "aval") or type(var).__name__ == "Literal"
+    return not any(id(v) in tainted for v in jaxpr.outvars if not isinstance(v, Literal))

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import dataclasses
+import functools
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 
@@ -30,7 +31,15 @@ from flax.core import FrozenDict
 from flax.nnx import bridge
 
 from dissectjax.errors import DissectError
-from dissectjax.models.common import INTERMEDIATES, LAYER_VALUES, PERTURBATIONS, UNIT_EDITS, edit_units, sow_value
+from dissectjax.models.common import (
+    EDIT_COLLECTIONS,
+    INTERMEDIATES,
+    LAYER_VALUES,
+    UNIT_EDITS,
+    edit_entries,
+    edited_value,
+    sow_value,
+)
 
 # What NNXModel passes to the sown layers of the NNX module it runs, for the duration of one
 # call: {layer: activation -> edited activation}. Set and reset around the call (as flax sets
@@ -63,20 +72,9 @@ def _layer_hooks(hooks: Mapping[str, Callable]) -> Iterator[None]:
 def _hooks(collections: Mapping) -> dict[str, Callable]:
     """{layer: edit} from the ``layer_values`` and ``unit_edits`` collections (linen's contract)."""
     values = traverse_util.flatten_dict(dict(collections.get(LAYER_VALUES, {})), sep="/")
-    edits = traverse_util.flatten_dict(dict(collections.get(UNIT_EDITS, {})), sep="/")
-    edited = {key.rsplit("/", 1)[0] for key in edits}
-
-    def hook(layer: str) -> Callable:
-        def apply(x):
-            if layer in values:
-                x = jnp.reshape(values[layer], x.shape).astype(x.dtype)
-            if layer in edited:
-                x = edit_units(x, edits[f"{layer}/mask"], edits[f"{layer}/value"])
-            return x
-
-        return apply
-
-    return {layer: hook(layer) for layer in {*values, *edited}}
+    edits = edit_entries(collections.get(UNIT_EDITS, {}))
+    return {layer: functools.partial(edited_value, replacement=values.get(layer), edit=edits.get(layer))
+            for layer in {*values, *edits}}  # fmt: skip
 
 
 class NNXModel(bridge.ToLinen):
@@ -90,9 +88,13 @@ class NNXModel(bridge.ToLinen):
     def num_classes(self) -> int | None:
         return self.kwargs.get("num_classes")
 
+    def _abstract(self) -> nnx.Module:
+        """An instance of the NNX class with shapes only (nothing is initialized)."""
+        return nnx.eval_shape(lambda: self.nnx_class(*self.args, **self.kwargs, rngs=nnx.Rngs(0)))
+
     def unit_wiring(self, layer: str):
-        """The NNX class's own wiring, read from an abstract instance (nothing is initialized)."""
-        module = nnx.eval_shape(lambda: self.nnx_class(*self.args, **self.kwargs, rngs=nnx.Rngs(0)))
+        """The NNX class's own wiring, read from an abstract instance."""
+        module = self._abstract()
         if not hasattr(module, "unit_wiring"):
             raise DissectError(f"{self.nnx_class.__name__} declares no unit wiring (a unit_wiring(layer) method)")
         return module.unit_wiring(layer)
@@ -104,18 +106,15 @@ class NNXModel(bridge.ToLinen):
             with warnings.catch_warnings():
                 warnings.filterwarnings("ignore", r"Using 'Module.sow\(\)' outside", DeprecationWarning)
                 return super().__call__(images)
-        graphdef, state = nnx.split(nnx.eval_shape(lambda: self.nnx_class(*self.args, **self.kwargs,
-                                                                          rngs=nnx.Rngs(0))))  # fmt: skip
-        stored = {name: dict(value) for name, value in self.variables.items() if name not in EDIT_COLLECTIONS}
+        graphdef, state = nnx.split(self._abstract())
+        stored = {name: dict(value) for name, value in self.variables.items()
+                  if name not in (*EDIT_COLLECTIONS, INTERMEDIATES)}  # fmt: skip
         nnx.replace_by_pure_dict(state, _merged(stored.values()))
         with _layer_hooks(_hooks(self.variables)):
             out, sown = _run(nnx.merge(graphdef, state), images)
         for name, value in sown.items():
             sow_value(self, name, value)
         return out
-
-
-EDIT_COLLECTIONS = (UNIT_EDITS, LAYER_VALUES, PERTURBATIONS, INTERMEDIATES)
 
 
 def _merged(trees) -> dict:

@@ -77,17 +77,11 @@ import numpy as np
 
 from dissectjax.errors import DissectError
 from dissectjax.models import common
+from dissectjax.models.layers import Literal
 from dissectjax.models.wiring import Slice, Wiring
 
-try:  # jax >= 0.4.30
-    from jax.extend.core import Literal
-except ImportError:  # pragma: no cover - older jax
-    from jax.core import Literal
-
 # collections that sow_layer honours when passed (edits of a layer), left out of the trace
-_EDIT_COLLECTIONS = frozenset(
-    getattr(common, name) for name in ("UNIT_EDITS", "PERTURBATIONS", "LAYER_VALUES") if hasattr(common, name)
-) | {common.INTERMEDIATES}
+_EDIT_COLLECTIONS = frozenset((*common.EDIT_COLLECTIONS, common.INTERMEDIATES))
 
 # primitives whose body is inlined (the parameter holding it)
 _CALLS = {
