@@ -109,9 +109,6 @@ class ClassCounts:
         specificity = np.where(negatives > 0, (negatives - false_positives) / np.maximum(negatives, 1), np.nan)
         return (self.recall() + specificity) / 2
 
-    def __getitem__(self, index) -> ClassCounts:
-        return ClassCounts(self.hits[index], self.actual[index], self.predicted[index])
-
 
 @functools.partial(jax.jit, static_argnames=("model", "num_classes", "above"))
 def _class_counts(model, variables, edits: UnitEdit, acts, images, labels, num_classes, above):
@@ -145,6 +142,7 @@ def class_counts(model, variables, data: LayerData, masks: np.ndarray, mode: str
         raise DissectError(f"unit masks of {masks.shape[1]} units for {data.layer} with {data.units} units")
     values = np.zeros(data.units, np.float32) if mode == "zero" else data.means
     out = np.zeros((len(masks), 3, data.num_classes), np.int64)
+    no_images = jnp.zeros((batch, *data.image_shape), jnp.uint8) if data.above else None  # dead code: made once
     for m in range(0, len(masks), chunk):
         part = masks[m : m + chunk]
         if len(part) < chunk:  # pad to keep one compiled shape
@@ -152,12 +150,13 @@ def class_counts(model, variables, data: LayerData, masks: np.ndarray, mode: str
         edits = UnitEdit(data.layer, jnp.asarray(part), jnp.broadcast_to(jnp.asarray(values), part.shape))
         for i in range(0, len(data.acts), batch):
             acts, labels = data.acts[i : i + batch], data.labels[i : i + batch]
-            images = np.zeros((batch, *data.image_shape), np.uint8) if data.above else data.images[i : i + batch]
+            images = no_images if data.above else data.images[i : i + batch]
             if len(acts) < batch:
                 pad = batch - len(acts)
                 acts = np.concatenate([acts, np.zeros((pad, *acts.shape[1:]), acts.dtype)])
                 labels = np.concatenate([labels, np.full(pad, data.num_classes, labels.dtype)])  # dropped
-                images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])[:batch]
+                if not data.above:
+                    images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
             c = _class_counts(model, variables, edits, jnp.asarray(acts), jnp.asarray(images), jnp.asarray(labels),
                               data.num_classes, data.above)  # fmt: skip
             out[m : m + chunk] += np.asarray(c)[: len(masks) - m]
