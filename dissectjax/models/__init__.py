@@ -7,6 +7,7 @@ from collections.abc import Callable
 import flax.linen as nn
 
 from dissectjax.errors import DissectError
+from dissectjax.models.common import hashable_kwargs
 from dissectjax.models.lenet import LeNet5
 from dissectjax.models.nnx_bridge import nnx_model
 from dissectjax.models.nnx_convnet import ConvNet
@@ -29,8 +30,7 @@ def build_model(name: str, **kwargs) -> nn.Module:
     """The registered model ``name`` built with ``kwargs`` (e.g. ``num_classes``)."""
     if name not in MODELS:
         raise DissectError(f"unknown model {name!r}; available models: {', '.join(sorted(MODELS))}")
-    # JSON gives lists; modules must be hashable (they are static arguments of jitted functions)
-    return MODELS[name](**{k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()})
+    return MODELS[name](**hashable_kwargs(kwargs))
 
 
 __all__ = [

@@ -34,6 +34,16 @@ LAYER_VALUES = "layer_values"
 EDIT_COLLECTIONS = (UNIT_EDITS, PERTURBATIONS, LAYER_VALUES)  # what sow_layer reads; never stored
 
 
+def hashable_kwargs(kwargs: dict) -> dict:
+    """Model arguments with JSON's lists as tuples: modules are hashable (static arguments of
+    jitted functions).
+
+    >>> hashable_kwargs({"widths": [4, 8], "num_classes": 3})
+    {'widths': (4, 8), 'num_classes': 3}
+    """
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in kwargs.items()}
+
+
 def nested(entries: dict[str, object]) -> dict:
     """``{"a/b": x, "c": y}`` -> ``{"a": {"b": x}, "c": y}``: a collection keyed by layer path.
 

@@ -38,6 +38,7 @@ from dissectjax.models.common import (
     UNIT_EDITS,
     edit_entries,
     edited_value,
+    hashable_kwargs,
     sow_value,
 )
 
@@ -127,8 +128,7 @@ def _merged(trees) -> dict:
 
 def nnx_model(nnx_class: type, **kwargs) -> NNXModel:
     """``NNXModel`` of ``nnx_class`` built with ``kwargs`` (lists become tuples: hashable)."""
-    return NNXModel(nnx_class, kwargs=FrozenDict({k: tuple(v) if isinstance(v, list) else v
-                                                  for k, v in kwargs.items()}))  # fmt: skip
+    return NNXModel(nnx_class, kwargs=FrozenDict(hashable_kwargs(kwargs)))
 
 
 def _run(module: nnx.Module, images: jax.Array) -> tuple[jax.Array, dict[str, jax.Array]]:
