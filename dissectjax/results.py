@@ -41,6 +41,7 @@ from dissectjax.stats.labels import (
     unique_detectors,
     unique_detectors_tables,
 )
+from dissectjax.stats.semantics import SEMANTICS
 
 TOP_IMAGE_SIZE = 128  # longest side of the stored top images
 
@@ -65,7 +66,8 @@ def versions() -> dict[str, str]:
 def layer_summary(result: LayerResult) -> dict:
     """One layer of summary.json. Unique detectors under both rules ({category: n, ..., "total"}):
     ``unique_detectors`` the best-label rule, ``unique_detectors_tables`` the NetDissect-tables
-    rule; ``detector_rule`` how scores were compared with ``iou_threshold`` (">=" or ">")."""
+    rule; ``detector_rule`` how scores were compared with ``iou_threshold`` (">=" or ">");
+    ``semantics`` the counting rules ("netdissect" or "lite", docs/SEMANTICS.md)."""
     return {
         "units": result.units,
         "detectors": result.detectors,
@@ -75,6 +77,7 @@ def layer_summary(result: LayerResult) -> dict:
         "iou_threshold": result.iou_threshold,
         "detector_rule": result.detector_rule,
         "condition": result.condition,
+        "semantics": result.semantics,
         "images": result.images,
         "seconds": round(result.seconds, 3),
         "images_per_second": round(result.images / max(result.seconds, 1e-9), 2),
@@ -396,6 +399,9 @@ def read_summary(directory: str) -> dict:
         if info.get("detector_rule", DETECTOR_RULES[0]) not in DETECTOR_RULES:
             raise DissectError(f"{path}: layer {name!r} has detector_rule {_shown(info['detector_rule'])}; expected "
                                f"one of {', '.join(map(repr, DETECTOR_RULES))}")  # fmt: skip
+        if info.get("semantics", SEMANTICS[0]) not in SEMANTICS:
+            raise DissectError(f"{path}: layer {name!r} has semantics {_shown(info['semantics'])}; expected "
+                               f"one of {', '.join(map(repr, SEMANTICS))}")  # fmt: skip
     return summary
 
 
@@ -439,7 +445,8 @@ def read_results(directory: str) -> tuple[dict[str, LayerResult], dict]:
     """The layers of a dissection output directory, and its summary.json.
 
     Labels and both unique-detector counts are recomputed from counts.npz with the summary's
-    threshold and comparison (">=" for directories written before ``detector_rule`` was recorded).
+    threshold and comparison (">=" for directories written before ``detector_rule`` was recorded;
+    "netdissect" semantics before ``semantics`` was).
     Every file is checked as it is read (:func:`read_summary`, :func:`read_concepts`,
     :func:`read_counts`): damaged or hostile files are a DissectError naming the file.
     """
@@ -469,6 +476,7 @@ def read_results(directory: str) -> tuple[dict[str, LayerResult], dict]:
             iou_threshold=threshold,
             detector_rule=rule,
             condition=info["condition"],
+            semantics=info.get("semantics", SEMANTICS[0]),
             images=info["images"],
             seconds=info["seconds"],
             top_images=arrays.get("top_images"),

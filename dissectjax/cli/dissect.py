@@ -18,7 +18,7 @@ from dissectjax.cli.common import (
     table,
 )
 from dissectjax.data.open import PROBE_SIZE, open_probe
-from dissectjax.dissect.config import DETECTOR_RULES, STRATEGIES, DissectConfig
+from dissectjax.dissect.config import DETECTOR_RULES, SEMANTICS, STRATEGIES, DissectConfig
 from dissectjax.dissect.demo import DEMO_BATCH, DEMO_LAYERS, run_demo
 from dissectjax.dissect.result import LayerResult
 from dissectjax.dissect.run import run_dissection
@@ -50,7 +50,8 @@ def format_table(results: dict[str, LayerResult]) -> str:
         counts = [f"{r.unique[c]}/{r.unique_tables[c]}" for c in cats]
         rows.append([name, str(r.units), str(r.detectors), *counts, str(r.unique["total"]),
                      str(r.unique_tables["total"]), top or "-"])  # fmt: skip
-    return table(head, rows) + "\nuniq:<category> = best-label rule/NetDissect-tables rule"
+    counting = "" if first.semantics == SEMANTICS[0] else f"; counted with {first.semantics} semantics"
+    return table(head, rows) + f"\nuniq:<category> = best-label rule/NetDissect-tables rule{counting}"
 
 
 def model_source_from_args(args, dataset):
@@ -79,7 +80,7 @@ def cmd_dissect(args) -> int:
     main_process = jax.process_index() == 0
     progress, say = progress_bars(not args.quiet and main_process), log_lines(args.quiet or not main_process)
     config = DissectConfig(args.quantile, args.iou_threshold, not args.no_condition, args.batch_size, args.strategy,
-                           detector_rule=args.detector_rule)  # fmt: skip
+                           detector_rule=args.detector_rule, semantics=args.semantics)  # fmt: skip
     if args.skip_missing and args.activations:
         raise DissectError(
             "--skip-missing would misalign --activations rows with index.csv rows; fix the files instead"
@@ -170,6 +171,10 @@ def add_parsers(sub) -> None:
     s.add_argument("--batch-size", type=positive_int, default=DEFAULTS.batch_size,
                    help="images per device and batch (default: %(default)s)")  # fmt: skip
     s.add_argument("--no-condition", action="store_true", help="count unit area in all images, not only labelled ones")
+    s.add_argument("--semantics", choices=SEMANTICS, default=DEFAULTS.semantics,
+                   help="counting rules: netdissect (the original paper's, default) or lite (NetDissect-Lite's tally: "
+                        "area under the unit's own mask, repeated labels counted twice, Lite's interpolated "
+                        "quantile, computed exactly); see docs/SEMANTICS.md")  # fmt: skip
     s.add_argument("--split", help="only rows of this index.csv split, e.g. train or val (default: all)")
     s.add_argument("--tfds-data-dir", help="TFDS data_dir for --dataset tfds:NAME (default: $TFDS_DATA_DIR or "
                                            "~/tensorflow_datasets)")  # fmt: skip

@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image
 
 from dissectjax.data.concepts import Concepts
-from dissectjax.data.probe import load_rows, normalize_labels
+from dissectjax.data.probe import load_rows
 from dissectjax.errors import DissectError, one_line
 
 INDEX_FIELDS = ("image", "split", "ih", "iw", "sh", "sw")
@@ -250,7 +250,8 @@ class BrodenDataset:
         return sum(self.pixel_layers.values())
 
     def labels(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Row i as concept indices: pixel int32 [L, sh, sw] (normalized), image int32 [M]."""
+        """Row i as concept indices, as stored (repeats kept; the counting rules decide what they
+        count): pixel int32 [L, sh, sw], image int32 [M] (-1 = none)."""
         row = self.row(i)
         pixel = np.full((self.label_layers, *row.label_size), -1, np.int32)
         start = 0
@@ -262,7 +263,7 @@ class BrodenDataset:
         numbers = [n for c in self.categories for n in row.image_level.get(c, [])]
         if numbers:
             image[: len(numbers)] = self.concept_indices(np.array(numbers), i)
-        return normalize_labels(pixel, image), image
+        return pixel, image
 
     def load_batch(self, rows: np.ndarray, images: bool, labels: bool):
         return load_rows(self, rows, images, labels)

@@ -14,10 +14,10 @@ from dissectjax.stats.tally import LabelBatch
 
 
 class InMemoryProbe:
-    """``size`` rows drawn from pools of normalized labels (and optional images).
+    """``size`` rows drawn from pools of labels (and optional images).
 
-    pixel: int [P, L, sh, sw] concept indices (-1 none), already normalized
-      (:func:`dissectjax.data.probe.normalize_labels`).
+    pixel: int [P, L, sh, sw] concept indices (-1 none); a concept may repeat across layers
+      (the counting rules, :mod:`dissectjax.stats.semantics`, decide what a repeat counts).
     image: int [P, M] image-level concept indices (-1 padding).
     images: uint8 [P, ih, iw, 3] or None.
     """

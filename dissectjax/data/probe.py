@@ -1,4 +1,4 @@
-"""Probe batches: images and normalized concept labels, padded, prefetched off the main thread.
+"""Probe batches: images and concept labels (as stored), padded, prefetched off the main thread.
 
 A batch holds rows of one shape (image ``ih x iw``, labels ``sh x sw``); a dataset whose
 rows differ in shape is split into one bucket of rows per shape, so each compiled kernel
@@ -33,8 +33,10 @@ class ProbeDataset(Protocol):
     """What a dissection reads: N images with concept labels (Broden directory, in memory...).
 
     ``shapes`` int [N, 4] holds (ih, iw, sh, sw) per row; ``labels(i)`` gives the row's
-    normalized pixel labels int32 [label_layers, sh, sw] and image-level labels int32
-    [max_image_labels] as concept indices (-1 = none); ``load_batch`` assembles a
+    pixel labels int32 [label_layers, sh, sw] and image-level labels int32
+    [max_image_labels] as concept indices (-1 = none), as stored: a concept may repeat
+    across layers or be both pixel- and image-level (the tally's rules decide what a repeat
+    counts, :mod:`dissectjax.stats.semantics`); ``load_batch`` assembles a
     :class:`ProbeBatch` (see :func:`load_rows` for the row-by-row way).
     """
 
@@ -49,25 +51,6 @@ class ProbeDataset(Protocol):
     def load_image(self, i: int) -> np.ndarray: ...
     def labels(self, i: int) -> tuple[np.ndarray, np.ndarray]: ...
     def load_batch(self, rows: np.ndarray, images: bool, labels: bool) -> ProbeBatch: ...
-
-
-def normalize_labels(pixel: np.ndarray, image: np.ndarray) -> np.ndarray:
-    """Removes label repeats that the tally kernels must not count twice.
-
-    pixel: int32 [L, sh, sw] concept indices (-1 = none); image: int [M] image-level concepts.
-    Returns a copy of ``pixel`` where a concept appears at most once per pixel (later
-    layers lose repeats) and concepts given as image-level labels have no pixel labels
-    (an image-level label already covers the whole image).
-    """
-    pixel = np.array(pixel, np.int32, copy=True)
-    image = np.asarray(image)
-    image = image[image >= 0]
-    if image.size:
-        pixel[np.isin(pixel, image)] = -1
-    for layer in range(1, pixel.shape[0]):
-        repeat = np.any(pixel[layer][None] == pixel[:layer], axis=0) & (pixel[layer] >= 0)
-        pixel[layer][repeat] = -1
-    return pixel
 
 
 def concept_presence(labels: LabelBatch, num_concepts: int) -> np.ndarray:

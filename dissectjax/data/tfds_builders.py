@@ -2,7 +2,7 @@
 
     synthetic scenes / a Broden directory (manual_dir) --builder--> DATA_DIR/NAME/CONFIG/VERSION/
         features: image (PNG), pixel int32 [L, sh, sw] and image_labels int32 [M] (concept
-        indices, -1 = none, already normalized), plus concepts.csv beside the records
+        indices, -1 = none, as stored in the Broden files), plus concepts.csv beside the records
 
 Importing this module registers ``dissectjax_scenes`` and ``dissectjax_broden``. Prepare with
 :func:`prepare`; read with :class:`dissectjax.data.tfds_probe.TFDSProbe` (``--dataset

@@ -20,7 +20,7 @@ import os
 import numpy as np
 
 from dissectjax.data.concepts import Concepts
-from dissectjax.data.probe import ProbeBatch, normalize_labels
+from dissectjax.data.probe import ProbeBatch
 from dissectjax.errors import DissectError, first_line
 from dissectjax.stats.tally import LabelBatch
 
@@ -160,7 +160,7 @@ class TFDSProbe:
             pixel[layer] = np.where(concept < top, concept, -1)
         image = np.array([first + int(record[feature]) for _, feature, first in self._image_features] or [-1],
                          np.int32)  # fmt: skip
-        return normalize_labels(pixel, image), image
+        return pixel, image
 
     def load_image(self, i: int) -> np.ndarray:
         return self._rgb(self._source[i]["image"])

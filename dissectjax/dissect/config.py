@@ -9,6 +9,7 @@ import dataclasses
 
 from dissectjax.errors import DissectError
 from dissectjax.stats.labels import DETECTOR_RULES
+from dissectjax.stats.semantics import SEMANTICS, Rules, rules
 from dissectjax.stats.tally import STRATEGIES
 
 
@@ -21,7 +22,9 @@ class DissectConfig:
     strategy: tally kernels, one of ``STRATEGIES`` (None: chosen by backend, same counts);
     top_k: images kept per unit, those of highest maximum activation (0: none);
     detector_rule: how a label's IoU is compared with iou_threshold, one of ``DETECTOR_RULES``:
-      ">=" (the default) or ">" (NetDissect's)."""
+      ">=" (the default) or ">" (NetDissect's);
+    semantics: the counting rules, one of ``SEMANTICS``: "netdissect" (the default) or "lite"
+      (NetDissect-Lite's: docs/SEMANTICS.md); ``rules`` spells them out."""
 
     quantile: float = 0.005
     iou_threshold: float = 0.04
@@ -30,6 +33,7 @@ class DissectConfig:
     strategy: str | None = None
     top_k: int = 8
     detector_rule: str = DETECTOR_RULES[0]
+    semantics: str = SEMANTICS[0]
 
     def __post_init__(self):
         if not 0.0 < self.quantile < 1.0:
@@ -45,3 +49,9 @@ class DissectConfig:
         if self.detector_rule not in DETECTOR_RULES:
             raise DissectError(f"detector_rule must be one of {', '.join(map(repr, DETECTOR_RULES))}, "
                                f"got {self.detector_rule!r}")  # fmt: skip
+        self.rules  # noqa: B018 (validates semantics against condition)
+
+    @property
+    def rules(self) -> Rules:
+        """The counting rules this configuration names (:func:`dissectjax.stats.semantics.rules`)."""
+        return rules(self.semantics, self.condition)

@@ -33,8 +33,8 @@ from dissectjax.dissect.top_images import TopImages
 from dissectjax.errors import DissectError
 from dissectjax.parallel import DataParallel, to_host
 from dissectjax.stats.labels import iou, label_units, unique_detectors, unique_detectors_tables
-from dissectjax.stats.quantile import RadixSelect
-from dissectjax.stats.tally import Counts, LabelBatch, default_strategy
+from dissectjax.stats.quantile import threshold_search
+from dissectjax.stats.tally import Counts, LabelBatch, count_bound, default_strategy
 
 
 def per_device_batch(config: DissectConfig, images: int) -> int:
@@ -167,7 +167,9 @@ class Passes:
         self.resume = resume
         self.plan = batch_plan(probe, self.parallel.global_batch_size(per_device_batch(config, len(probe))))
         self.layers = list(source.layers)
-        self.select = {name: RadixSelect(source.units[name], config.quantile) for name in self.layers}
+        self.rules = config.rules
+        self.select = {name: threshold_search(self.rules.quantile, source.units[name], config.quantile)
+                       for name in self.layers}  # fmt: skip
         self.kernels = kernels(self.parallel)
         self.top = {name: TopImages(source.units[name], config.top_k) for name in self.layers}
 
@@ -200,7 +202,8 @@ class Passes:
         return state
 
     def thresholds(self, saved: dict | None = None) -> dict[str, np.ndarray]:
-        """Per layer, float32 [U]: each unit's (1 - quantile) quantile of its activations."""
+        """Per layer, float32 [U]: each unit's (1 - quantile) quantile of its activations, by the
+        configuration's quantile rule."""
         if saved is not None:
             restore_select(self.select, saved)
         while not all(s.done for s in self.select.values()):
@@ -256,11 +259,10 @@ class Passes:
         for i, batch in enumerate(self._batches(start, True, "tally"), start=start):
             acts = self._activations(batch)
             labels = LabelBatch(*(self.parallel.shard(x) for x in batch.labels))
-            _, _, sh, sw = labels.pixel.shape
             for name in self.layers:
                 counts = self.kernels.tally(acts[name], labels, device_thresholds[name], category,
-                                            concepts.num_categories, self.config.condition, strategy)  # fmt: skip
-                acc[name].add(counts, labels.pixel.shape[0] * sh * sw)  # no count outgrows the pixels
+                                            concepts.num_categories, self.rules, strategy)  # fmt: skip
+                acc[name].add(counts, count_bound(labels, self.rules))
                 if self.config.top_k:
                     gather = functools.partial(self._gather_maps, acts[name])
                     self.top[name].add(to_host(self.kernels.image_max(acts[name])), self.plan[i], gather)
@@ -328,6 +330,7 @@ def _layer_result(
         iou_threshold=config.iou_threshold,
         detector_rule=config.detector_rule,
         condition=config.condition,
+        semantics=config.semantics,
         images=images,
         seconds=seconds,
         top_images=None if top is None else top.rows,

@@ -23,7 +23,7 @@ from dissectjax.stats.tally import tally
 class Kernels(NamedTuple):
     """histogram(acts, valid bool [B], prefix, depth, bits, extremes) -> (counts, kmin, kmax, nonfinite),
     the per-unit histograms of pass 1 (see :func:`~dissectjax.stats.quantile.prefix_histogram`);
-    tally(acts, labels, thresholds float32 [U], category int32 [C], num_categories, condition, strategy)
+    tally(acts, labels, thresholds float32 [U], category int32 [C], num_categories, rule, strategy)
     -> Counts (int32 [U, C], [U, K], [C]);
     image_max(acts) -> float [B, U], each image's maximum per unit;
     unit_maps(acts, positions int32 [U, j]) -> float [U, j, h, w], unit u's maps at batch
@@ -46,19 +46,19 @@ def kernels(parallel: DataParallel) -> Kernels:
     )
     count = parallel.reduce(lambda a, labels, t, cat, **kw: tally(a, t, labels, cat, **kw), 2, COUNT_REDUCTIONS)
     dense = jax.jit(
-        lambda a, labels, t, cat, k, cond, strategy: count(
-            a, labels, t, cat, num_categories=k, condition=cond, strategy=strategy
+        lambda a, labels, t, cat, k, rule, strategy: count(
+            a, labels, t, cat, num_categories=k, rule=rule, strategy=strategy
         ),
         static_argnums=(4, 5, 6),
     )
     sparse = SparseTally(
-        parallel, fallback=lambda a, labels, t, cat, k, cond: dense(a, labels, t, cat, k, cond, "segment")
+        parallel, fallback=lambda a, labels, t, cat, k, rule: dense(a, labels, t, cat, k, rule, "segment")
     )
 
-    def tally_fn(acts, labels, t, cat, num_categories, condition, strategy):
+    def tally_fn(acts, labels, t, cat, num_categories, rule, strategy):
         if strategy == "sparse":
-            return sparse(acts, labels, t, cat, num_categories, condition)
-        return dense(acts, labels, t, cat, num_categories, condition, strategy)
+            return sparse(acts, labels, t, cat, num_categories, rule)
+        return dense(acts, labels, t, cat, num_categories, rule, strategy)
 
     image_max = jax.jit(lambda a: jnp.max(a, axis=(1, 2)), out_shardings=parallel.replicated)
     unit_maps = jax.jit(

@@ -30,6 +30,7 @@ class LayerResult:
     condition: bool
     images: int
     seconds: float
+    semantics: str = "netdissect"  # the counting rules (dissectjax.stats.semantics.SEMANTICS)
     top_images: np.ndarray | None = None  # int64 [U, k]: dataset rows, highest maximum first (-1: none)
     top_activations: np.ndarray | None = None  # float32 [U, k]: those maxima
     top_maps: np.ndarray | None = None  # float32 [U, k, h, w]: the unit's activation map on those rows

@@ -19,8 +19,6 @@ import numpy as np
 from dissectjax.errors import DissectError
 from dissectjax.stats.quantile import RadixSelect
 
-_SELECT_ARRAYS = ("prefix", "above", "resolved", "threshold_keys")
-
 
 class ResumeSaveError(DissectError):
     """The state could not be saved (a full disk): what was saved before stays for the rerun."""
@@ -96,7 +94,7 @@ def select_state(select: dict[str, RadixSelect]) -> dict[str, np.ndarray]:
     """Every layer's threshold search, as arrays."""
     state = {}
     for name, s in select.items():
-        for field in _SELECT_ARRAYS:
+        for field in s.STATE:
             state[f"select/{name}/{field}"] = getattr(s, field)
         state[f"select/{name}/level"] = np.array(s.level)
         state[f"select/{name}/total"] = np.array(-1 if s.total is None else s.total)
@@ -106,7 +104,7 @@ def select_state(select: dict[str, RadixSelect]) -> dict[str, np.ndarray]:
 def restore_select(select: dict[str, RadixSelect], state: dict) -> None:
     """Puts the searches saved by :func:`select_state` back into ``select``."""
     for name, s in select.items():
-        for field in _SELECT_ARRAYS:
+        for field in s.STATE:
             setattr(s, field, state[f"select/{name}/{field}"])
         s.level = int(state[f"select/{name}/level"])
         total = int(state[f"select/{name}/total"])

@@ -71,6 +71,14 @@ def _figure_uri(fig) -> tuple[str, bytes]:
     return f"data:image/png;base64,{base64.b64encode(png).decode()}", png
 
 
+SEMANTICS_NOTE = {  # docs/SEMANTICS.md
+    "netdissect": "the original Network Dissection's: a unit's area counts in every image where the category is "
+    "labelled, a concept once per pixel",
+    "lite": "NetDissect-Lite's: a unit's area counts only where its own mask covers the category, a label in two "
+    "layers twice, and Lite's interpolated quantile, computed exactly",
+}
+
+
 def render(dissection: Dissection) -> tuple[str, dict[str, bytes]]:
     """(the report's HTML, {plot file name: PNG bytes})."""
     s = dissection.summary
@@ -79,10 +87,11 @@ def render(dissection: Dissection) -> tuple[str, dict[str, bytes]]:
     intro = (
         f"<h1>Network dissection: {h.esc(s.get('model', '?'))}</h1>"
         f"<p>probe set {h.esc(s.get('dataset', '?'))}, {first.images} images; top quantile {first.quantile}, "
-        f"detector if IoU {SYMBOLS[first.detector_rule]} {first.iou_threshold}. Unique detectors are counted under "
-        f"two rules: the best-label rule (NetDissect-Lite: distinct labels among detectors) and the NetDissect-tables "
-        f"rule (CVPR 2017: per category, the distinct best concepts of that category whose IoU passes, summed). "
-        f"Each card shows the unit's top images; outside its mask they are "
+        f"detector if IoU {SYMBOLS[first.detector_rule]} {first.iou_threshold}; counted with "
+        f"{h.esc(first.semantics)} semantics ({SEMANTICS_NOTE.get(first.semantics, '')}). Unique detectors are "
+        f"counted under two rules: the best-label rule (NetDissect-Lite: distinct labels among detectors) and the "
+        f"NetDissect-tables rule (CVPR 2017: per category, the distinct best concepts of that category whose IoU "
+        f"passes, summed). Each card shows the unit's top images; outside its mask they are "
         f"dimmed, and the mask's edge is outlined. Cards of units that are not detectors are grey.</p>"
         f'<img class="plot" alt="detectors per category per layer" src="{uri}">'
     )

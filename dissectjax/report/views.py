@@ -71,6 +71,7 @@ class LayerView:
             "unique_detectors": r.unique,
             "unique_detectors_tables": r.unique_tables,
             "detector_rule": r.detector_rule,
+            "semantics": r.semantics,
             "header": self.header(),
             "concepts": {k: [{"concept": c, "detectors": n} for c, n in v] for k, v in self.concept_counts().items()},
             "unit_labels": [{**u, "iou": _round(u["iou"])} for u in self.units()],

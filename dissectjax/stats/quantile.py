@@ -17,6 +17,8 @@ values or holds a single distinct value (ties, e.g. ReLU zeros).
 from __future__ import annotations
 
 import dataclasses
+from fractions import Fraction
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -114,6 +116,8 @@ class RadixSelect:
     resolved: np.ndarray = dataclasses.field(init=False)
     threshold_keys: np.ndarray = dataclasses.field(init=False)
 
+    STATE: ClassVar[tuple[str, ...]] = ("prefix", "above", "resolved", "threshold_keys")  # saved for resuming
+
     def __post_init__(self):
         if not 0.0 < self.quantile < 1.0:
             raise ValueError(f"quantile must be in (0, 1), got {self.quantile}")
@@ -146,9 +150,18 @@ class RadixSelect:
         """Number of values that should lie strictly above the threshold."""
         return int(np.floor(self.quantile * self.total))
 
-    def step(self, counts: np.ndarray, kmin: np.ndarray, kmax: np.ndarray) -> None:
-        """Narrow each unresolved unit's bucket with one pass's histogram ([U, 2**bits] each)."""
-        counts = np.asarray(counts, np.int64)
+    def _locate(self, counts: np.ndarray, rank) -> tuple[np.ndarray, np.ndarray]:
+        """Per unit, the bin of this pass's histogram (counts int [U, 2**bits]) that holds the
+        value with ``rank`` values strictly above it (``above`` counts those above the bucket),
+        and the number of values above that bin. The bin always exists: rank < total."""
+        from_top = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
+        above_bin = self.above[:, None] + from_top - counts  # values in bins > b, and above the bucket
+        rank = np.asarray(rank)[..., None]
+        chosen = np.argmax((above_bin <= rank) & (above_bin + counts > rank), axis=1)
+        rows = np.arange(self.units)
+        return chosen, above_bin[rows, chosen]
+
+    def _first_pass(self, counts: np.ndarray) -> None:
         if self.level == 0:
             totals = counts.sum(1)
             if totals.min() != totals.max():
@@ -156,15 +169,21 @@ class RadixSelect:
             self.total = int(totals[0])
             if self.total == 0:
                 raise ValueError("no activation values: the probe set is empty")
-        k = self.target_rank
-        # cumulative counts from the top bin down: above_bin[u, b] = values in bins > b
-        from_top = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
-        above_bin = self.above[:, None] + from_top - counts
-        holds_rank = (above_bin <= k) & (above_bin + counts > k)
-        # the top bin holds rank k unless every value is above it; k < total always
-        chosen = np.argmax(holds_rank, axis=1)
-        rows = np.arange(self.units)
+
+    def _narrow(self, narrow: np.ndarray, chosen: np.ndarray, above: np.ndarray) -> None:
+        """Fixes the next bits of the unresolved units in ``narrow`` to their ``chosen`` bin."""
         shift = KEY_BITS - self.depth - self.bits
+        bits = chosen.astype(np.uint32) << np.uint32(shift)
+        self.prefix = np.where(narrow, self.prefix | bits, self.prefix).astype(np.uint32)
+        self.above = np.where(narrow, above, self.above)
+        self.level += 1
+
+    def step(self, counts: np.ndarray, kmin: np.ndarray, kmax: np.ndarray) -> None:
+        """Narrow each unresolved unit's bucket with one pass's histogram ([U, 2**bits] each)."""
+        counts = np.asarray(counts, np.int64)
+        self._first_pass(counts)
+        chosen, above = self._locate(counts, self.target_rank)
+        rows = np.arange(self.units)
         last_level = self.level == len(self.schedule) - 1
         if kmin.shape[1] == 0:  # no extremes: no threshold value to settle on yet
             if last_level:
@@ -175,15 +194,10 @@ class RadixSelect:
             ties = kmin[rows, chosen] == kmax[rows, chosen]
             small = in_bin <= 0.5 * self.rank_tolerance * self.total
             newly = ~self.resolved & (small | ties | last_level)
-            # threshold = the largest value in the chosen bin: exactly above_bin values exceed it
+            # threshold = the largest value in the chosen bin: exactly ``above`` values exceed it
             self.threshold_keys = np.where(newly, kmax[rows, chosen], self.threshold_keys).astype(np.uint32)
-        narrow = ~self.resolved & ~newly
-        self.prefix = np.where(
-            narrow, self.prefix | (chosen.astype(np.uint32) << np.uint32(shift)), self.prefix
-        ).astype(np.uint32)
-        self.above = np.where(narrow, above_bin[rows, chosen], self.above)
+        self._narrow(~self.resolved & ~newly, chosen, above)
         self.resolved |= newly
-        self.level += 1
 
     @property
     def thresholds(self) -> np.ndarray:
@@ -191,3 +205,119 @@ class RadixSelect:
         if not self.done:
             raise RuntimeError("thresholds requested before the search finished")
         return key_to_value(self.threshold_keys)
+
+
+def lite_readout_index(quantile: float) -> int:
+    """The column NetDissect-Lite reads from its 1,000-point quantile readout for ``quantile``
+    (its own float arithmetic): ``int(1000 * (1 - q) - 1)``.
+
+    >>> lite_readout_index(0.005), lite_readout_index(0.05), lite_readout_index(0.9999)
+    (994, 949, 0)
+    """
+    return int(1000 * (1 - quantile) - 1)
+
+
+def lite_position(quantile: float, n: int) -> tuple[int, Fraction]:
+    """Where Lite's threshold lies among n sorted values: ascending index j and weight w in
+    [0, 1) of value j + 1, so that t = v[j] + w (v[j+1] - v[j]).
+
+    Lite's readout(1000) holds the quantiles p = i / 999 and interpolates linearly between
+    the sorted values placed at (j + 1/2) / n (every weight 1 while its sketch holds every
+    value; the minimum and maximum at 0 and 1), so p sits at x = p n - 1/2, clamped to
+    [0, n - 1]. Exact rational arithmetic.
+
+    >>> lite_position(0.005, 2000)  # x = 994 * 2000 / 999 - 1/2
+    (1989, Fraction(979, 1998))
+    """
+    i = lite_readout_index(quantile)
+    x = Fraction(2 * i * n - 999, 1998)
+    j = x.numerator // x.denominator
+    if j < 0:
+        return 0, Fraction(0)
+    if j >= n - 1:
+        return n - 1, Fraction(0)
+    return j, x - j
+
+
+def round_down_float32(value: Fraction) -> np.float32:
+    """The largest float32 at or below ``value`` (finite). For any float32 a, ``a > value``
+    exactly when ``a > round_down_float32(value)``.
+
+    >>> float(round_down_float32(Fraction(1, 3))) <= 1 / 3 < float(np.nextafter(round_down_float32(Fraction(1, 3)), 1))
+    True
+    """
+    f = np.float32(float(value))
+    while Fraction(float(f)) > value:
+        f = np.nextafter(f, np.float32(-np.inf))
+    up = np.nextafter(f, np.float32(np.inf))
+    while Fraction(float(up)) <= value:
+        f, up = up, np.nextafter(up, np.float32(np.inf))
+    return np.float32(f)
+
+
+@dataclasses.dataclass
+class LiteSelect(RadixSelect):
+    """NetDissect-Lite's per-unit threshold, computed exactly rather than by its sampled sketch.
+
+    The threshold interpolates between two adjacent order statistics v[j] and v[j+1]
+    (:func:`lite_position`). Both are found by the same radix passes: their ranks share a
+    bucket until a pass puts them in different bins, and then, being adjacent, v[j] is the
+    largest value of its bin and v[j+1] the smallest of its own; or they stay in one bin
+    until it holds a single value. So every pass needs per-bin extremes, and the result is
+    exact: ``t = v[j] + w (v[j+1] - v[j])``, rounded down to float32, so that ``a > t`` is
+    decided exactly for float32 activations ``a``. (Lite's sketch is exact up to 24,576
+    values per unit, apart from float32 rounding of its weights; above that it samples.)
+    """
+
+    lo_keys: np.ndarray = dataclasses.field(init=False)  # order keys of v[j] and v[j+1]
+    hi_keys: np.ndarray = dataclasses.field(init=False)
+
+    STATE: ClassVar[tuple[str, ...]] = ("prefix", "above", "resolved", "lo_keys", "hi_keys")
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.lo_keys = np.zeros(self.units, np.uint32)
+        self.hi_keys = np.zeros(self.units, np.uint32)
+
+    @property
+    def extremes(self) -> bool:
+        return True
+
+    def step(self, counts: np.ndarray, kmin: np.ndarray, kmax: np.ndarray) -> None:
+        counts = np.asarray(counts, np.int64)
+        self._first_pass(counts)
+        if kmin.shape[1] == 0:
+            raise ValueError("Lite thresholds need per-bin extremes in every pass")
+        j, weight = lite_position(self.quantile, self.total)
+        upper = j + 1 if weight else j
+        # ranks from the top: v[j] has total - 1 - j values after it in sorted order
+        chosen_lo, above_lo = self._locate(counts, self.total - 1 - j)
+        chosen_hi, _ = self._locate(counts, self.total - 1 - upper)
+        rows = np.arange(self.units)
+        open_ = ~self.resolved
+        parted = open_ & (chosen_lo != chosen_hi)
+        single = open_ & ~parted & (kmin[rows, chosen_lo] == kmax[rows, chosen_lo])
+        self.lo_keys = np.where(parted | single, kmax[rows, chosen_lo], self.lo_keys).astype(np.uint32)
+        self.hi_keys = np.where(parted, kmin[rows, chosen_hi],
+                                np.where(single, kmax[rows, chosen_lo], self.hi_keys)).astype(np.uint32)  # fmt: skip
+        narrow = open_ & ~parted & ~single
+        if narrow.any() and self.level == len(self.schedule) - 1:
+            raise ValueError("the search ended with an unresolved bucket")  # a single key cannot hold two values
+        self._narrow(narrow, chosen_lo, above_lo)
+        self.resolved |= parted | single
+
+    @property
+    def thresholds(self) -> np.ndarray:
+        if not self.done:
+            raise RuntimeError("thresholds requested before the search finished")
+        _, weight = lite_position(self.quantile, self.total)
+        lo, hi = key_to_value(self.lo_keys), key_to_value(self.hi_keys)
+        return np.array(
+            [round_down_float32(Fraction(float(a)) + weight * (Fraction(float(b)) - Fraction(float(a))))
+             for a, b in zip(lo, hi)], np.float32)  # fmt: skip
+
+
+def threshold_search(quantile_rule: str, units: int, quantile: float) -> RadixSelect:
+    """The search for ``units`` thresholds under a rule of :data:`dissectjax.stats.semantics.QUANTILE_RULES`:
+    ``"rank"`` (:class:`RadixSelect`) or ``"lite"`` (:class:`LiteSelect`)."""
+    return LiteSelect(units, quantile) if quantile_rule == "lite" else RadixSelect(units, quantile)

@@ -30,7 +30,8 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from dissectjax.parallel import DATA, DataParallel, to_host
-from dissectjax.stats.tally import LabelBatch, assemble_counts, prepare_labels
+from dissectjax.stats.semantics import Rules
+from dissectjax.stats.tally import LabelBatch, assemble_counts, label_categories, prepare_labels
 from dissectjax.stats.upsample import lerp, sample_coords
 
 
@@ -131,31 +132,36 @@ class SparseTally:
         return self._map(tiles, (P(DATA), P(), P(DATA)), ((P(DATA),) * 4, P(DATA), P(DATA), P()))
 
     @functools.lru_cache(maxsize=32)  # noqa: B019
-    def _pixels_fn(self, starts_y, starts_x, bound, num_categories, condition):
+    def _pixels_fn(self, starts_y, starts_x, bound, num_categories, rule: Rules):
         sy, sx = jnp.asarray(np.array(starts_y)), jnp.asarray(np.array(starts_x))
 
         def pixels(quads, mask, area, labels, category):
             b, gy, gx, u = quads
             num_concepts = category.shape[0]
             _, layers, sh, sw = labels.pixel.shape
-            ids, whole, pixel_count = prepare_labels(labels, num_concepts)
+            ids, whole, pixel_count = prepare_labels(labels, num_concepts, rule.repeats)
             k, r, c = jnp.nonzero(mask, size=bound, fill_value=0)
             ok = (jnp.arange(bound) < jnp.sum(mask)).astype(jnp.int32)
             flat = (sy[gy[k]] + r) * sw + (sx[gx[k]] + c)
             hit = ids[b[k], :, flat]  # [K2, L] concept of each masked pixel in each layer
             slot = u[k][:, None] * (num_concepts + 1) + hit
-            units = area.shape[1]
+            batch, units = area.shape
             pixel_inter = jnp.zeros(units * (num_concepts + 1), jnp.int32).at[slot.ravel()].add(jnp.repeat(ok, layers))
             pixel_inter = pixel_inter.reshape(units, num_concepts + 1)[:, :num_concepts]
-            counts = assemble_counts(
-                area, pixel_inter, whole, pixel_count, labels.valid, category, num_categories, condition, sh * sw
-            )
+            covered = None
+            if rule.area == "mask":  # the categories each unit's mask covers in each image
+                cats = label_categories(hit, category, num_categories)  # [K2, L]
+                rows, cols = jnp.broadcast_to(b[k][:, None], cats.shape), jnp.broadcast_to(u[k][:, None], cats.shape)
+                covered = jnp.zeros((batch, units, num_categories + 1), jnp.int32).at[rows, cols, cats].max(ok[:, None])
+                covered = covered[:, :, :num_categories] > 0
+            counts = assemble_counts(area, pixel_inter, whole, pixel_count, labels.valid, category, num_categories,
+                                     rule, sh * sw, covered)  # fmt: skip
             return jax.tree.map(lambda x: jax.lax.psum(x, DATA), counts)
 
         quad_spec = (P(DATA),) * 4
         return self._map(pixels, (quad_spec, P(DATA), P(DATA), P(DATA), P()), P())
 
-    def __call__(self, acts, labels: LabelBatch, thresholds, category, num_categories: int, condition: bool):
+    def __call__(self, acts, labels: LabelBatch, thresholds, category, num_categories: int, rule: Rules):
         _, h, w, _ = acts.shape
         _, _, sh, sw = labels.pixel.shape
         sy, ylo, yhi, fy, iy, _ = quad_runs(sh, h)
@@ -164,11 +170,11 @@ class SparseTally:
         count = int(to_host(self._count_fn(geometry)(acts, thresholds, labels.valid)))
         per_device = acts.shape[0] // self.dp.size * len(ylo) * len(xlo) * acts.shape[-1]
         if self.fallback is not None and count > self.dense_share * per_device:
-            return self.fallback(acts, labels, thresholds, category, num_categories, condition)
+            return self.fallback(acts, labels, thresholds, category, num_categories, rule)
         tiles = self._tiles_fn(geometry, (_Static(fy), _Static(iy)), (_Static(fx), _Static(ix)), _bound(count))
         quads, mask, area, masked = tiles(acts, thresholds, labels.valid)
         pixels = self._pixels_fn(tuple(sy.tolist()), tuple(sx.tolist()), _bound(int(to_host(masked))),
-                                 num_categories, condition)  # fmt: skip
+                                 num_categories, rule)  # fmt: skip
         return pixels(quads, mask, area, labels, category)
 
 

@@ -10,9 +10,9 @@ from reference_impl import assert_counts_match
 from reference_impl import counts as reference_counts
 from reference_impl import upsample as reference_upsample
 
-from dissectjax.data.probe import normalize_labels
 from dissectjax.parallel import DataParallel
 from dissectjax.stats.sparse import SparseTally, quad_runs
+from dissectjax.stats.semantics import Rules, rules
 from dissectjax.stats.tally import LabelBatch, tally
 from dissectjax.stats.upsample import upsample
 
@@ -37,27 +37,19 @@ def random_case(rng, n, units, act_hw, label_hw, layers, concepts=11):
     return acts, thresholds, pixel, image, category
 
 
-def run_tally(acts, thresholds, pixel, image, category, condition, strategy, valid=None):
-    n = len(acts)
-    normalized = np.stack([normalize_labels(pixel[i], image[i]) for i in range(n)])
-    valid = np.ones(n, bool) if valid is None else valid
+def run_tally(acts, thresholds, pixel, image, category, rule, strategy, valid=None):
+    """The tally of one batch of raw labels (repeats kept: the rules decide what they count)."""
+    if not isinstance(rule, Rules):
+        rule = rules("netdissect", condition=rule)
+    valid = np.ones(len(acts), bool) if valid is None else valid
+    labels = LabelBatch(jnp.asarray(pixel, jnp.int32), jnp.asarray(image, jnp.int32), jnp.asarray(valid))
+    args = (jnp.asarray(acts.transpose(0, 2, 3, 1)), jnp.asarray(thresholds))
+    category = jnp.asarray(category, jnp.int32)
     if strategy == "sparse":
-        labels = LabelBatch(jnp.asarray(normalized, jnp.int32), jnp.asarray(image, jnp.int32), jnp.asarray(valid))
-        out = SparseTally(DataParallel.create())(
-            jnp.asarray(acts.transpose(0, 2, 3, 1)), labels, jnp.asarray(thresholds), jnp.asarray(category, jnp.int32),
-            NUM_CATEGORIES, condition,
-        )  # fmt: skip
-        return [np.asarray(x) for x in out]
-    fn = jax.jit(tally, static_argnames=("num_categories", "condition", "strategy"))
-    out = fn(
-        jnp.asarray(acts.transpose(0, 2, 3, 1)),
-        jnp.asarray(thresholds),
-        LabelBatch(jnp.asarray(normalized, jnp.int32), jnp.asarray(image, jnp.int32), jnp.asarray(valid)),
-        jnp.asarray(category, jnp.int32),
-        num_categories=NUM_CATEGORIES,
-        condition=condition,
-        strategy=strategy,
-    )
+        out = SparseTally(DataParallel.create())(args[0], labels, args[1], category, NUM_CATEGORIES, rule)
+    else:
+        fn = jax.jit(tally, static_argnames=("num_categories", "rule", "strategy"))
+        out = fn(*args, labels, category, num_categories=NUM_CATEGORIES, rule=rule, strategy=strategy)
     return [np.asarray(x) for x in out]
 
 
