@@ -16,12 +16,15 @@ SHARED = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", "sh
 CONFORMANCE = os.path.join(SHARED, "conformance")
 
 
-def random_broden(root, seed=0, n=23, sizes=((12, 12), (10, 14)), image_size=(20, 20)):
+def random_broden(root, seed=0, n=23, sizes=((12, 12), (10, 14)), image_size=(20, 20), image_only=0.0,
+                  absent=()):  # fmt: skip
     """Writes a random Broden dataset; returns (concept categories, per-image labels) for the reference.
 
     Categories: color (pixel, 1 layer), object (pixel, 0-2 layers with overlaps), part
     (pixel, often absent), scene (image-level), texture (image-level, 0-2 labels).
     Label numbers are not contiguous (gaps), to exercise the number -> column mapping.
+    A share ``image_only`` of the rows has image-level labels only; categories in ``absent``
+    label nothing anywhere (their concepts stay in label.csv).
     """
     rng = np.random.default_rng(seed)
     categories = ("color", "object", "part", "scene", "texture")
@@ -57,6 +60,10 @@ def random_broden(root, seed=0, n=23, sizes=((12, 12), (10, 14)), image_size=(20
                 image_level["texture"] = [*image_level.get("texture", []), int(numbers["texture"][0])]
             extra = np.where(rng.random((sh, sw)) < 0.5, numbers["texture"][0], 0).astype(np.int32)
             pixel["part"] = [*pixel.get("part", []), extra]
+        if rng.random() < image_only:
+            pixel = {}
+        pixel = {c: maps for c, maps in pixel.items() if c not in absent}
+        image_level = {c: values for c, values in image_level.items() if c not in absent}
         image = rng.integers(0, 256, (*image_size, 3), dtype=np.uint8)
         rows.append(
             BrodenRow(f"im{i:03d}.png", "train" if i % 3 else "val", image_size, (sh, sw), pixel, image_level, image)

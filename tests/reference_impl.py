@@ -85,3 +85,63 @@ def assert_counts_match(ours, ref, ambiguous):
     np.testing.assert_array_equal(ours[exact], ref[exact])
     diff = np.abs(ours - ref).reshape(len(ours), -1).max(axis=1, initial=0)
     assert np.all(diff <= ambiguous), (diff, ambiguous)
+
+
+# ---- NetDissect-Lite's rules (docs/SEMANTICS.md) -------------------------------------------------
+def lite_threshold(values: np.ndarray, quantile: float) -> float:
+    """NetDissect-Lite's threshold as its code computes it while its sketch holds every value:
+    ``readout(1000)[int(1000 * (1 - q) - 1)]``, i.e. ``np.interp`` of the quantile
+    ``linspace(0, 1, 1000)[i]`` over the sorted values placed at ``(j + 1/2) / n`` (weight 1
+    each), with the minimum and maximum added at 0 and 1 (weight 0). float64."""
+    v = np.sort(np.asarray(values, np.float64).ravel())
+    n = v.size
+    xp = np.concatenate([[0.0], (np.arange(n) + 0.5) / n, [1.0]])
+    fp = np.concatenate([[v[0]], v, [v[-1]]])
+    p = np.linspace(0.0, 1.0, 1000)[int(1000 * (1 - quantile) - 1)]
+    return float(np.interp(p, xp, fp))
+
+
+def lite_counts(acts, thresholds, pixel_labels, image_labels, concept_category, num_categories):
+    """NetDissect-Lite's ``tally_job``, loop for loop, without its carry-over of the previous
+    image's category indicator into an image with only image-level labels (a bug).
+
+    Per image: ``pixels`` = every label layer (repeats kept), ``scalars`` = the image-level
+    labels (repeats kept). ``tally_labels[c]`` adds c's pixel labels and ``sh * sw`` per
+    scalar. Per unit whose map exceeds its threshold somewhere: the mask's pixels; ``tally_bt``
+    = a bincount of the labels under it in all layers; the unit's area counts for category k
+    if ``tally_bt`` holds a concept of k or a scalar is of k. Arguments as :func:`counts`,
+    with image_labels a list per image (repeats allowed). Returns (intersection [U, C],
+    unit_area [U, K], concept_area [C], ambiguous [U]) as int64.
+    """
+    n, units = acts.shape[:2]
+    num_concepts = len(concept_category)
+    labelcat = np.eye(num_categories, dtype=np.int64)[np.asarray(concept_category)]  # [C, K]
+    tally_both = np.zeros((units, num_concepts), np.int64)
+    tally_units_cat = np.zeros((units, num_categories), np.int64)
+    tally_labels = np.zeros(num_concepts, np.int64)
+    ambiguous = np.zeros(units, np.int64)
+    t = np.asarray(thresholds, np.float64)
+    for i in range(n):
+        pixels = np.asarray(pixel_labels[i])
+        sh, sw = pixels.shape[-2:]
+        scalars = list(image_labels[i])
+        for scalar in scalars:
+            tally_labels[scalar] += sh * sw
+        tally_labels += np.bincount(pixels[pixels >= 0].ravel(), minlength=num_concepts)
+        up = upsample(np.asarray(acts[i]), sh, sw)
+        gap = np.abs(up - t[:, None, None])
+        ambiguous += ((gap > 0) & (gap <= 1e-5 * np.maximum(1, np.abs(t))[:, None, None])).sum((1, 2))
+        for unit in range(units):
+            if not acts[i, unit].max() > t[unit]:
+                continue
+            mask = up[unit] > t[unit]
+            area = int(mask.sum())
+            under = pixels[:, mask]
+            tally_bt = np.bincount(under[under >= 0].ravel(), minlength=num_concepts)
+            tally_cat = tally_bt @ labelcat
+            tally_both[unit] += tally_bt
+            for scalar in scalars:
+                tally_cat = tally_cat + labelcat[scalar]
+                tally_both[unit, scalar] += area
+            tally_units_cat[unit] += area * (tally_cat > 0)
+    return tally_both, tally_units_cat, tally_labels, ambiguous

@@ -1,5 +1,5 @@
 """Bit-identical results on 1 device, 8 simulated devices, and 2 processes x 4 devices, for
-stored activations, a random-init model and the committed trained checkpoint; and a layer's
+stored activations (with both counting rules) and the committed trained checkpoint; and a layer's
 results do not depend on which other layers are dissected with it."""
 
 import os
@@ -58,9 +58,10 @@ def workload(tmp_path_factory):
 
 SOURCES = {
     "activations": lambda acts: ["--activations", acts],
+    "activations-lite": lambda acts: ["--activations", acts, "--semantics", "lite"],
     "trained": lambda acts: ["--checkpoint", CHECKPOINT, "--layers", "conv3,conv5"],
 }
-LAYERS = {"activations": ["acts"], "trained": ["conv3", "conv5"]}  # a model source: the trained checkpoint
+LAYERS = {"activations": ["acts"], "activations-lite": ["acts"], "trained": ["conv3", "conv5"]}  # a model source: the trained checkpoint
 
 
 def free_port() -> int:

@@ -81,6 +81,32 @@ def test_detector_rule_changes_only_the_summary_and_reads_back(tmp_path, broden_
     assert r.unique_tables == unique_detectors_tables(r.iou, r.labels, list(r.concepts.categories), 0.02, ">=")
 
 
+def test_semantics_are_recorded_shown_and_read_back(tmp_path, broden_dir, capsys):
+    """--semantics lite: summary.json, the printed table, the report and read_results say so;
+    a directory written before semantics were recorded reads back as netdissect."""
+    from dissectjax.results import read_results
+
+    root, _, _ = broden_dir
+    n = sum(1 for _ in open(os.path.join(root, "index.csv"))) - 1
+    np.save(tmp_path / "acts.npy", np.random.default_rng(2).gamma(2.0, size=(n, 5, 3, 3)).astype(np.float32))
+    outs = {}
+    for semantics in ("netdissect", "lite"):
+        outs[semantics] = tmp_path / semantics
+        assert main(["dissect", "--activations", str(tmp_path / "acts.npy"), "--dataset", root, "--out",
+                     str(outs[semantics]), "--quantile", "0.05", "--semantics", semantics, "--quiet"]) == 0  # fmt: skip
+        printed = capsys.readouterr().out
+        assert ("counted with lite semantics" in printed) == (semantics == "lite")
+        assert json.loads((outs[semantics] / "summary.json").read_text())["layers"]["acts"]["semantics"] == semantics
+        assert f"counted with {semantics} semantics" in (outs[semantics] / "report.html").read_text()
+        assert read_results(str(outs[semantics]))[0]["acts"].semantics == semantics
+    counts = {k: np.load(out / "acts" / "counts.npz") for k, out in outs.items()}
+    assert not np.array_equal(counts["lite"]["unit_area"], counts["netdissect"]["unit_area"])
+    old = json.loads((outs["lite"] / "summary.json").read_text())
+    del old["layers"]["acts"]["semantics"]
+    (outs["lite"] / "summary.json").write_text(json.dumps(old))
+    assert read_results(str(outs["lite"]))[0]["acts"].semantics == "netdissect"
+
+
 def test_bad_detector_rule_is_a_usage_error(tmp_path):
     out = str(tmp_path / "x")
     code, _, stderr = run_cli("dissect", "--dataset", "synthetic", "--out", out, "--detector-rule", "=>")
@@ -100,6 +126,7 @@ def test_bad_detector_rule_is_a_usage_error(tmp_path):
         ("bad-quantile", "quantile must be between 0 and 1"),
         ("bad-synthetic", "expected 'synthetic', 'synthetic:N' or 'synthetic:N:SEED'"),
         ("no-layers", "names no layer"),
+        ("lite-no-condition", "lite semantics always condition a unit's area on its own mask"),
     ],
 )
 def test_bad_input_gets_one_line_error_and_no_output(tmp_path, broden_dir, case, expect):
@@ -130,7 +157,8 @@ def test_bad_input_gets_one_line_error_and_no_output(tmp_path, broden_dir, case,
         layer_args = ["--model", "scenenet", "--layers", ","]
     np.save(tmp_path / "acts.npy", acts)
     source = layer_args or ["--activations", str(tmp_path / "acts.npy")]
-    extra = ["--quantile", "1.5"] if case == "bad-quantile" else []
+    extra = {"bad-quantile": ["--quantile", "1.5"], "lite-no-condition": ["--semantics", "lite", "--no-condition"]}
+    extra = extra.get(case, [])
     out = tmp_path / "out"
     code, _stdout, stderr = run_cli("dissect", "--dataset", dataset, "--out", str(out), *source, *extra, "--quiet")
     assert code != 0

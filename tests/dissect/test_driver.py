@@ -2,10 +2,11 @@
 
 import numpy as np
 import pytest
-from conftest import reference_labels
+from conftest import random_broden, reference_labels
 from reference_impl import assert_counts_match, rank_error
 from reference_impl import counts as reference_counts
 from reference_impl import iou as reference_iou
+from reference_impl import lite_counts, lite_threshold
 
 from dissectjax.data.broden import BrodenDataset
 from dissectjax.dissect import DissectConfig, dissect
@@ -43,6 +44,45 @@ def test_dissect_matches_reference(broden_dir, quantile, condition):
     for k in range(5):  # best concept per category
         cols = np.flatnonzero(category == k)
         np.testing.assert_array_equal(r.labels.best_per_category[:, k], cols[np.argmax(ref_iou[:, cols], axis=1)])
+
+
+@pytest.fixture(scope="module")
+def lite_broden(tmp_path_factory):
+    """Random Broden data with every case Lite counts differently: repeats across layers, labels
+    both image- and pixel-level, rows with image-level labels only, and an absent category."""
+    root = tmp_path_factory.mktemp("lite") / "ds"
+    labels, rows = random_broden(root, seed=7, n=31, image_only=0.25, absent=("part",))
+    return str(root), labels, rows
+
+
+@pytest.mark.parametrize("quantile", [0.005, 0.05])
+def test_lite_semantics_match_lites_loop(lite_broden, quantile):
+    root, labels, rows = lite_broden
+    ds = BrodenDataset(root)
+    acts = random_acts(len(ds), seed=3)
+    config = DissectConfig(quantile, 0.04, batch_size=4, semantics="lite")
+    r = dissect(ArraySource(acts, "layer", len(ds)), ds, config)["layer"]
+    assert r.semantics == "lite"
+    for u in range(acts.shape[1]):
+        lite, ours = lite_threshold(acts[:, u], quantile), r.thresholds[u]
+        above = float(np.nextafter(ours, np.float32(np.inf)))  # (compared as float64, not rounded to float32)
+        assert float(ours) <= lite < above, u  # Lite's threshold, rounded down to float32
+    pixel, image, category = reference_labels(labels, rows, list(ds.categories))
+    assert any(p.shape[0] == 0 for p in pixel) and not np.isin(np.flatnonzero(category == 2), np.concatenate(
+        [np.unique(p) for p in pixel])).any()  # image-level-only rows; "part" labels nothing  # fmt: skip
+    inter, uarea, carea, ambiguous = lite_counts(acts, r.thresholds, pixel, image, category, 5)
+    assert_counts_match(r.intersection, inter, ambiguous)
+    assert_counts_match(r.unit_area, uarea, ambiguous)
+    np.testing.assert_array_equal(r.concept_area, carea)
+    netdissect = dissect(ArraySource(acts, "layer", len(ds)), ds, DissectConfig(quantile, 0.04, batch_size=4))["layer"]
+    assert not np.array_equal(netdissect.unit_area, r.unit_area)  # the fixture tells the rules apart
+
+
+def test_lite_semantics_refuse_no_condition():
+    with pytest.raises(DissectError, match="lite semantics always condition"):
+        DissectConfig(condition=False, semantics="lite")
+    with pytest.raises(DissectError, match="semantics must be one of netdissect, lite"):
+        DissectConfig(semantics="caffe")
 
 
 def test_results_do_not_depend_on_batch_size(broden_dir):

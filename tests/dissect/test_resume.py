@@ -39,11 +39,12 @@ def interrupt_at(k):
     return progress
 
 
-def test_interrupted_runs_resume_to_identical_counts(tmp_path, workload):
+@pytest.mark.parametrize("semantics", ["netdissect", "lite"])
+def test_interrupted_runs_resume_to_identical_counts(tmp_path, workload, semantics):
     root, acts_path = workload
     ds = BrodenDataset(root)
     source = ArraySource(np.load(acts_path), "acts", len(ds))
-    config = DissectConfig(0.05, batch_size=4)
+    config = DissectConfig(0.05, batch_size=4, semantics=semantics)
     reference = dissect(source, ds, config)["acts"]
     batches = -(-len(ds) // 4)
     rng = np.random.default_rng(0)

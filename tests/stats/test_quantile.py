@@ -5,9 +5,19 @@ import zlib
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference_impl import rank_error
+from fractions import Fraction
 
-from dissectjax.stats.quantile import RadixSelect, key_to_value, order_key, prefix_histogram
+from reference_impl import lite_threshold, rank_error
+
+from dissectjax.stats.quantile import (
+    LiteSelect,
+    RadixSelect,
+    key_to_value,
+    lite_position,
+    order_key,
+    prefix_histogram,
+    round_down_float32,
+)
 
 
 def test_order_key_is_monotone_and_invertible():
@@ -21,11 +31,11 @@ def test_order_key_is_monotone_and_invertible():
     np.testing.assert_array_equal(key_to_value(keys), np.where(x == 0, 0.0, x).astype(np.float32))
 
 
-def select(acts, quantile, batch=None, valid=None):
+def select(acts, quantile, batch=None, valid=None, search=RadixSelect):
     """Runs the radix search on acts [N, h, w, U], in batches of ``batch`` rows."""
     n, units = acts.shape[0], acts.shape[-1]
     batch = batch or n
-    s = RadixSelect(units, quantile)
+    s = search(units, quantile)
     while not s.done:
         total = None
         for start in range(0, n, batch):
@@ -93,3 +103,64 @@ def test_nonfinite_values_are_counted():
     acts[1, 1, 1, 2] = np.inf
     *_, bad = prefix_histogram(jnp.asarray(acts), jnp.ones(2, bool), jnp.zeros(3, jnp.uint32), 0, 12)
     np.testing.assert_array_equal(np.asarray(bad), [0, 1, 1])
+
+
+# ---- NetDissect-Lite's threshold ----------------------------------------------------------------------
+def round_down(x: float) -> np.float32:
+    """The largest float32 at or below the float64 ``x``."""
+    f = np.float32(x)
+    return np.nextafter(f, np.float32(-np.inf)) if float(f) > x else f
+
+
+@pytest.mark.parametrize("dist", sorted(DISTRIBUTIONS))
+@pytest.mark.parametrize("quantile", [0.005, 0.05, 0.5])
+def test_lite_thresholds_equal_lites_interpolated_readout(dist, quantile):
+    rng = np.random.default_rng([zlib.crc32(b"lite" + dist.encode()), int(quantile * 1000)])
+    acts = DISTRIBUTIONS[dist](rng, (37, 5, 6, 4)).astype(np.float32)
+    acts[..., 3] *= 1000.0
+    t = select(acts, quantile, batch=11, search=LiteSelect)
+    for u in range(acts.shape[-1]):
+        values = acts[..., u].ravel()
+        assert t[u] == round_down(lite_threshold(values, quantile)), (dist, u)
+        # and exactly the rational interpolation between the two order statistics
+        j, w = lite_position(quantile, values.size)
+        v = np.sort(values)
+        exact = Fraction(float(v[j])) + w * (Fraction(float(v[min(j + 1, v.size - 1)])) - Fraction(float(v[j])))
+        assert t[u] == round_down_float32(exact)
+
+
+def test_lite_position_clamps_at_the_ends_and_keeps_1_001_q():
+    assert lite_position(0.005, 50) == (49, 0)  # x = 994 * 50 / 999 - 1/2 > n - 1: the maximum
+    assert lite_position(0.9999, 50) == (0, 0)  # p = 0: the minimum
+    j, w = lite_position(0.005, 10**6)
+    above = 10**6 - 1 - (j + float(w))  # values above the interpolated position
+    assert abs(above / 10**6 - 1.001 * 0.005) < 1e-5  # Lite keeps the top 1.001 q, not q
+
+
+def test_lite_thresholds_separate_ties_and_neighbours():
+    """Adjacent order statistics in one 32-bit key (ties), or parted at the first pass."""
+    acts = np.zeros((10, 10, 10, 2), np.float32)
+    acts[..., 1] = np.arange(1000, dtype=np.float32).reshape(10, 10, 10) * 1e6  # far apart: parted at once
+    acts[:5, ..., 0] = 1.0  # half the values tie at 1.0 around the readout position
+    t = select(acts, 0.5, search=LiteSelect)
+    assert t[0] == round_down(lite_threshold(acts[..., 0], 0.5))
+    assert t[1] == round_down(lite_threshold(acts[..., 1], 0.5))
+
+
+def test_lite_select_state_round_trips_mid_search():
+    """The arrays STATE names are the whole search: restored into a fresh search, it finishes the same."""
+    rng = np.random.default_rng(9)
+    acts = rng.normal(size=(30, 4, 4, 3)).astype(np.float32)
+    s = LiteSelect(3, 0.005)
+    hist = lambda s: [np.asarray(x) for x in prefix_histogram(jnp.asarray(acts), jnp.ones(30, bool),
+                                                              jnp.asarray(s.prefix), s.depth, s.bits, s.extremes)][:3]  # fmt: skip
+    s.step(*hist(s))
+    copy = LiteSelect(3, 0.005)
+    for field in LiteSelect.STATE:
+        setattr(copy, field, np.array(getattr(s, field)))
+    copy.level, copy.total = s.level, s.total
+    while not s.done:
+        s.step(*hist(s))
+        copy.step(*hist(copy))
+    assert copy.done
+    np.testing.assert_array_equal(s.thresholds, copy.thresholds)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from reference_impl import assert_counts_match
 from reference_impl import counts as reference_counts
+from reference_impl import lite_counts
 from reference_impl import upsample as reference_upsample
 
 from dissectjax.parallel import DataParallel
@@ -37,7 +38,7 @@ def random_case(rng, n, units, act_hw, label_hw, layers, concepts=11):
     return acts, thresholds, pixel, image, category
 
 
-def run_tally(acts, thresholds, pixel, image, category, rule, strategy, valid=None):
+def run_tally(acts, thresholds, pixel, image, category, rule, strategy, valid=None, num_categories=NUM_CATEGORIES):
     """The tally of one batch of raw labels (repeats kept: the rules decide what they count)."""
     if not isinstance(rule, Rules):
         rule = rules("netdissect", condition=rule)
@@ -46,10 +47,10 @@ def run_tally(acts, thresholds, pixel, image, category, rule, strategy, valid=No
     args = (jnp.asarray(acts.transpose(0, 2, 3, 1)), jnp.asarray(thresholds))
     category = jnp.asarray(category, jnp.int32)
     if strategy == "sparse":
-        out = SparseTally(DataParallel.create())(args[0], labels, args[1], category, NUM_CATEGORIES, rule)
+        out = SparseTally(DataParallel.create())(args[0], labels, args[1], category, num_categories, rule)
     else:
         fn = jax.jit(tally, static_argnames=("num_categories", "rule", "strategy"))
-        out = fn(*args, labels, category, num_categories=NUM_CATEGORIES, rule=rule, strategy=strategy)
+        out = fn(*args, labels, category, num_categories=num_categories, rule=rule, strategy=strategy)
     return [np.asarray(x) for x in out]
 
 
@@ -140,3 +141,53 @@ def test_image_level_labels_only(strategy):
     ref = reference_counts(acts, t, list(pixel), [set(r[r >= 0].tolist()) for r in image], category, NUM_CATEGORIES)
     assert_counts_match(counts[0], ref[0], ref[3])
     np.testing.assert_array_equal(counts[2], ref[2])
+
+
+# ---- NetDissect-Lite's rules --------------------------------------------------------------------------
+def lite_case(case: str, units: int = 5):
+    """A random batch with every kind of label Lite counts differently: a concept in two layers of
+    a pixel, an image-level label given twice, a concept both image- and pixel-level, an image with
+    only image-level labels, and a category (4) that no image labels."""
+    rng = np.random.default_rng(zlib.crc32(b"lite" + case.encode()))
+    acts, t, pixel, image, _ = random_case(rng, n=7, units=units, layers=3, **CASES[case])
+    category = np.array([k % (NUM_CATEGORIES + 1) for k in range(11)])  # concepts 4, 9: category 4, never used
+    pixel = np.where(np.isin(pixel, np.flatnonzero(category < 2)), pixel, -1)
+    image = np.where(np.isin(image, np.flatnonzero((category == 2) | (category == 3))), image, -1)
+    image[3, :2] = np.flatnonzero(category == 2)[0]  # given twice
+    pixel[4, 2] = pixel[4, 0]  # the first layer repeated in the third
+    return acts, t, pixel, image, category
+
+
+@pytest.mark.parametrize("strategy", ["segment", "dense", "sparse"])
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_lite_counts_equal_lites_loop(case, strategy):
+    acts, t, pixel, image, category = lite_case(case)
+    ours = run_tally(acts, t, pixel, image, category, rules("lite"), strategy, num_categories=NUM_CATEGORIES + 1)
+    inter, uarea, carea, ambiguous = lite_counts(
+        acts, t, list(pixel), [r[r >= 0].tolist() for r in image], category, NUM_CATEGORIES + 1
+    )
+    assert_counts_match(ours[0], inter, ambiguous)
+    assert_counts_match(ours[1], uarea, ambiguous)
+    np.testing.assert_array_equal(ours[2], carea)
+    assert not ours[1][:, 4].any()  # the absent category
+
+
+def test_lite_and_netdissect_differ_where_the_rules_do():
+    """The repeats count twice in Lite's intersections and concept areas, and Lite's area counts
+    only where the mask covers the category: never more than NetDissect's."""
+    acts, t, pixel, image, category = lite_case("integer-ratio")
+    lite = run_tally(acts, t, pixel, image, category, rules("lite"), "segment", num_categories=NUM_CATEGORIES + 1)
+    nd = run_tally(acts, t, pixel, image, category, rules(), "segment", num_categories=NUM_CATEGORIES + 1)
+    assert np.all(lite[0] >= nd[0]) and np.any(lite[0] > nd[0])
+    assert np.all(lite[2] >= nd[2]) and np.any(lite[2] > nd[2])
+    assert np.all(lite[1] <= nd[1]) and np.any(lite[1] < nd[1])
+
+
+def test_lite_padding_rows_count_nothing():
+    acts, t, pixel, image, category = lite_case("same-size", units=3)
+    for strategy in ("segment", "sparse"):
+        full = run_tally(acts[:4], t, pixel[:4], image[:4], category, rules("lite"), strategy, num_categories=5)
+        padded = run_tally(acts, t, pixel, image, category, rules("lite"), strategy, valid=np.arange(7) < 4,
+                           num_categories=5)  # fmt: skip
+        for a, b in zip(full, padded):
+            np.testing.assert_array_equal(a, b)
