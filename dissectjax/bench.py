@@ -7,6 +7,10 @@ Workloads:
   part, material, color pixel-level; scene, texture image-level), activations and labels
   generated in memory (a pool of distinct rows, cycled to the requested size).
 * ``small``: the demo's SceneNet (random init, all five conv layers) on synthetic scenes.
+* ``semantics``: broden-scale data with planted units (each responds to one concept,
+  plus noise), dissected under both counting rules (``netdissect`` and ``lite``) at
+  q = 0.005 and 0.05: detectors, unique detectors under both rules, the planted units' IoU
+  with their concept, and each pass's speed, in one table (docs/SEMANTICS.md).
 
 Timings exclude compilation (a warm-up run on one batch compiles every kernel first).
 """
@@ -34,15 +38,17 @@ BRODEN_PIXEL_LAYERS = ("object", "object", "part", "material", "color")
 BRODEN_COVERAGE = {"object": 0.9, "part": 0.35, "material": 0.5, "color": 1.0}
 
 
-def _blocky(rng, n, size, block, choices, coverage):
-    """int [n, size, size]: random labels constant on block x block squares, -1 outside coverage."""
-    low = choices[rng.integers(0, len(choices), (n, size // block, size // block))]
+def _blocky(rng, n, size, block, choices, coverage, p=None):
+    """int [n, size, size]: random labels constant on block x block squares, -1 outside coverage;
+    labels drawn uniformly from ``choices``, or with probabilities ``p``."""
+    low = rng.choice(choices, (n, size // block, size // block), p=p)
     low = np.where(rng.random(low.shape) < coverage, low, -1)
     return np.repeat(np.repeat(low, block, axis=1), block, axis=2)
 
 
-def broden_scale(pool: int = 256, size: int | None = None, units: int = 512, seed: int = 0):
-    """(probe, activations [pool, 7, 7, units] float32) of the broden-scale workload."""
+def broden_scale(pool: int = 256, size: int | None = None, units: int = 512, seed: int = 0, repeats: bool = False):
+    """(probe, activations [pool, 7, 7, units] float32) of the broden-scale workload; with
+    ``repeats``, the second object layer may repeat the first one's label at a pixel."""
     rng = np.random.default_rng(seed)
     names, category = [], []
     for k, (cat, count) in enumerate(BRODEN_CATEGORIES.items()):
@@ -54,7 +60,8 @@ def broden_scale(pool: int = 256, size: int | None = None, units: int = 512, see
     layers = [_blocky(rng, pool, 112, 8, cols[c], BRODEN_COVERAGE[c]) for c in BRODEN_PIXEL_LAYERS]
     pixel = np.stack(layers, axis=1)
     pixel[:, 1] = np.where(rng.random((pool, 1, 1)) < 0.3, pixel[:, 1], -1)  # a second object layer, sometimes
-    pixel[:, 1] = np.where(pixel[:, 1] == pixel[:, 0], -1, pixel[:, 1])  # normalized: no repeats
+    if not repeats:
+        pixel[:, 1] = np.where(pixel[:, 1] == pixel[:, 0], -1, pixel[:, 1])
     texture = np.where(rng.random(pool) < 0.2, rng.choice(cols["texture"], pool), -1)
     image = np.stack([rng.choice(cols["scene"], pool), texture], axis=1)
     probe = InMemoryProbe(concepts, pixel.astype(np.int16), image.astype(np.int32), size=size)
@@ -176,6 +183,116 @@ def run_broden_scale(images: int, pool: int, baseline_images: int, batch_size: i
     return rows, extra
 
 
+PLANTED_LAYERS = (0, 2, 3, 4)  # object, part, material, color: the pixel layers planted units read
+SOURCES = {  # Broden's mix: which categories each source dataset labels, and its share of the rows
+    "ade": ({"object", "part", "color", "scene"}, 0.55),
+    "pascal": ({"object", "part", "color"}, 0.25),
+    "opensurfaces": ({"material", "color"}, 0.15),
+    "dtd": ({"texture"}, 0.05),  # image-level labels only
+}
+
+
+def semantics_fixture(images: int, units: int = 512, seed: int = 0):
+    """(probe, activations [images, 7, 7, units]) shaped like broden-scale, but labelled like
+    Broden: each row comes from one source dataset that labels only some categories (one in
+    twenty rows has image-level labels only), concepts are Zipf-distributed (a few common, many
+    rare), and the second object layer may repeat the first's label at a pixel."""
+    rng = np.random.default_rng(seed)
+    probe, acts = broden_scale(pool=images, units=units, seed=seed, repeats=True)
+    concepts = probe.concepts
+    cols = {c: np.flatnonzero(concepts.category == k) for k, c in enumerate(BRODEN_CATEGORIES)}
+
+    def zipf(n):
+        p = 1.0 / np.arange(1, n + 1)
+        return p / p.sum()
+
+    coverage = {"object": 0.6, "part": 0.05, "material": 0.3, "color": 1.0}  # parts: small regions
+    pixel = np.stack([_blocky(rng, images, 112, 8, cols[c], coverage[c], None if c == "color" else zipf(len(cols[c])))
+                      for c in BRODEN_PIXEL_LAYERS], axis=1)  # fmt: skip
+    pixel[:, 1] = np.where(rng.random((images, 1, 1)) < 0.3, pixel[:, 1], -1)
+    source = rng.choice(list(SOURCES), images, p=[share for _, share in SOURCES.values()])
+    labelled = {c: np.array([c in SOURCES[s][0] for s in source]) for c in BRODEN_CATEGORIES}
+    for layer, c in enumerate(BRODEN_PIXEL_LAYERS):
+        pixel[~labelled[c], layer] = -1
+    scene = np.where(labelled["scene"], rng.choice(cols["scene"], images, p=zipf(len(cols["scene"]))), -1)
+    texture = np.where(labelled["texture"], rng.choice(cols["texture"], images, p=zipf(len(cols["texture"]))), -1)
+    probe = InMemoryProbe(concepts, pixel.astype(np.int16), np.stack([scene, texture], 1).astype(np.int32))
+    return probe, acts
+
+
+def plant_units(probe: InMemoryProbe, acts: np.ndarray, planted: int, seed: int = 0):
+    """Makes units 0 .. planted - 1 of ``acts`` [P, 7, 7, U] respond to one concept each: the
+    concept's share of each 16 x 16 cell of the 112 x 112 label map, plus the unit's random
+    activation at a quarter strength. Concepts are the most frequent of each pixel layer, the layers in turn.
+    Returns (acts, concept index of each planted unit int [planted])."""
+    rng = np.random.default_rng(seed)
+    pixel = probe._pixel  # [P, L, 112, 112], the pool
+    pool = len(pixel)
+    ranked = {}
+    for layer in PLANTED_LAYERS:
+        values, counts = np.unique(pixel[:, layer][pixel[:, layer] >= 0], return_counts=True)
+        ranked[layer] = list(values[np.argsort(-counts, kind="stable")])
+    acts = acts.copy()
+    concepts = np.zeros(planted, np.int64)
+    for u in range(planted):
+        left = [layer for layer in PLANTED_LAYERS if ranked[layer]]  # colours run out first
+        if not left:
+            raise DissectError(f"only {u} concepts label pixels; cannot plant {planted} units")
+        layer = left[u % len(left)]
+        concepts[u] = ranked[layer].pop(0)
+        share = (pixel[:, layer] == concepts[u]).reshape(pool, 7, 16, 7, 16).mean(axis=(2, 4))
+        acts[..., u] = 4.0 * share * rng.uniform(0.8, 1.2, (pool, 1, 1)) + 0.25 * acts[..., u]
+    return acts.astype(np.float32), concepts
+
+
+def run_semantics(images: int, planted: int, batch_size: int, quantiles=(0.005, 0.05), say=print):
+    """Both counting rules on one planted fixture (:func:`semantics_fixture`, :func:`plant_units`):
+    {(semantics, q): row of the table}."""
+    from dissectjax.stats.labels import iou, label_units, unique_detectors, unique_detectors_tables
+
+    parallel = DataParallel.create()
+    probe, acts = semantics_fixture(images)
+    acts, concepts = plant_units(probe, acts, planted)
+    source = PooledSource(acts)
+    say(f"semantics: {images} images, 512 units ({planted} planted) 7x7 -> 112x112, {len(probe.concepts)} concepts, "
+        f"{jax.device_count()} {jax.default_backend()} device(s)")  # fmt: skip
+    rows = {}
+    for quantile in quantiles:
+        for semantics in ("netdissect", "lite"):
+            config = DissectConfig(quantile=quantile, batch_size=batch_size, semantics=semantics)
+            timing, _, counts = time_dissection(source, probe, config, parallel)
+            c = counts["layer4"]
+            table = iou(c.intersection, c.unit_area, c.concept_area, probe.concepts.category)
+            labels = label_units(table, probe.concepts.category, probe.concepts.num_categories, config.iou_threshold)
+            categories = list(probe.concepts.categories)
+            planted_iou = table[np.arange(planted), concepts]
+            part = probe.concepts.category[concepts] == list(BRODEN_CATEGORIES).index("part")
+            rows[semantics, quantile] = {
+                "detectors": int(labels.detector.sum()),
+                "unique (best label)": unique_detectors(labels, probe.concepts.category, categories)["total"],
+                "unique (tables)": unique_detectors_tables(table, labels, categories, config.iou_threshold)["total"],
+                "planted IoU (mean)": float(planted_iou.mean()),
+                "planted part IoU (mean)": float(planted_iou[part].mean()) if part.any() else float("nan"),
+                "planted found": int(np.sum(labels.label[:planted] == concepts)),
+                **timing.rates(),
+            }
+    return rows
+
+
+def format_semantics(rows: dict, planted: int) -> str:
+    """The table of :func:`run_semantics`, one row per (semantics, quantile)."""
+    cols = ["detectors", "unique (best label)", "unique (tables)", "planted IoU (mean)", "planted part IoU (mean)",
+            "planted found", "pass 1 (thresholds)", "pass 2 (tally)"]  # fmt: skip
+    lines = ["| semantics | q | " + " | ".join(cols) + " |", "|---|---|" + "---|" * len(cols)]
+    for (semantics, quantile), r in rows.items():
+        cells = [str(r["detectors"]), str(r["unique (best label)"]), str(r["unique (tables)"]),
+                 f"{r['planted IoU (mean)']:.3f}", f"{r['planted part IoU (mean)']:.3f}",
+                 f"{r['planted found']}/{planted}",
+                 f"{r['pass 1 (thresholds)']:,.1f} img/s", f"{r['pass 2 (tally)']:,.1f} img/s"]  # fmt: skip
+        lines.append(f"| {semantics} | {quantile} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def run_small(images: int, batch_size: int, quantile: float, say=print):
     """Times the demo's workload: SceneNet (random init) conv1-conv5 on synthetic scenes."""
     from dissectjax.checkpoint import init_variables
@@ -238,7 +355,7 @@ def format_rates(rows: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="dissectjax bench", description="dissection throughput benchmarks")
-    p.add_argument("--workload", choices=["broden-scale", "small"], default="broden-scale")
+    p.add_argument("--workload", choices=["broden-scale", "small", "semantics"], default="broden-scale")
     p.add_argument("--images", type=positive_int, default=512)
     p.add_argument(
         "--pool", type=positive_int, default=256, help="distinct generated rows, cycled (default: %(default)s)"
@@ -248,6 +365,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per device and batch")
     p.add_argument("--quantile", type=fraction, default=0.005)
+    p.add_argument("--planted", type=positive_int, default=64, help="semantics: units planted (default: %(default)s)")
     p.add_argument("--memory", action="store_true", help="also peak RSS at N and 8N images (fresh processes)")
     p.add_argument("--peak-tflops", type=positive_float, default=790.0, help="accelerator bf16 peak, for the roofline")
     p.add_argument("--bandwidth", type=positive_float, default=3.35, help="accelerator memory TB/s, for the roofline")
@@ -268,6 +386,12 @@ def main(argv=None) -> int:
 
 
 def _run(a: argparse.Namespace) -> int:
+    if a.workload == "semantics":
+        if a.planted > 512:
+            raise DissectError(f"--planted {a.planted} is more than the workload's 512 units")
+        print(format_semantics(run_semantics(a.images, a.planted, a.batch_size), a.planted))
+        print(f"peak RSS of this process: {peak_rss_mb():,.0f} MB")
+        return 0
     if a.workload == "small":
         rows, extra = run_small(a.images, a.batch_size, a.quantile)
     else:

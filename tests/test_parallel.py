@@ -61,7 +61,7 @@ SOURCES = {
     "activations-lite": lambda acts: ["--activations", acts, "--semantics", "lite"],
     "trained": lambda acts: ["--checkpoint", CHECKPOINT, "--layers", "conv3,conv5"],
 }
-LAYERS = {"activations": ["acts"], "activations-lite": ["acts"], "trained": ["conv3", "conv5"]}  # a model source: the trained checkpoint
+LAYERS = {"activations": ["acts"], "activations-lite": ["acts"], "trained": ["conv3", "conv5"]}  # trained: a model
 
 
 def free_port() -> int:

@@ -188,7 +188,7 @@ RESULT_DAMAGE = [
     ("summary.json", layer_field("iou_threshold", "high"), ("iou_threshold \"high\"", "expected a number")),
     ("summary.json", layer_field("condition", 1), ("condition 1", "expected true or false")),
     ("summary.json", layer_field("detector_rule", "<"), ("detector_rule \"<\"",)),
-    ("summary.json", layer_field("semantics", "caffe"), ("semantics \"caffe\"", "expected one of 'netdissect', 'lite'")),
+    ("summary.json", layer_field("semantics", "caffe"), ("semantics \"caffe\"", "one of 'netdissect', 'lite'")),
     ("summary.json", edit_json(lambda s: s.__setitem__("checkpoint", [1])), ("'checkpoint' is [1]",)),
     ("summary.json", rename_layer("../../etc"), ("summary.json names layer '../../etc', which is not a plain name",)),
     ("summary.json", rename_layer("/etc"), ("names layer '/etc', which is not a plain name",)),

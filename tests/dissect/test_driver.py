@@ -3,10 +3,9 @@
 import numpy as np
 import pytest
 from conftest import random_broden, reference_labels
-from reference_impl import assert_counts_match, rank_error
+from reference_impl import assert_counts_match, lite_counts, lite_threshold, rank_error
 from reference_impl import counts as reference_counts
 from reference_impl import iou as reference_iou
-from reference_impl import lite_counts, lite_threshold
 
 from dissectjax.data.broden import BrodenDataset
 from dissectjax.dissect import DissectConfig, dissect

@@ -1,12 +1,11 @@
 """Per-unit thresholds: order keys, and radix selection against NumPy on random inputs."""
 
 import zlib
+from fractions import Fraction
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from fractions import Fraction
-
 from reference_impl import lite_threshold, rank_error
 
 from dissectjax.stats.quantile import (
@@ -152,8 +151,13 @@ def test_lite_select_state_round_trips_mid_search():
     rng = np.random.default_rng(9)
     acts = rng.normal(size=(30, 4, 4, 3)).astype(np.float32)
     s = LiteSelect(3, 0.005)
-    hist = lambda s: [np.asarray(x) for x in prefix_histogram(jnp.asarray(acts), jnp.ones(30, bool),
-                                                              jnp.asarray(s.prefix), s.depth, s.bits, s.extremes)][:3]  # fmt: skip
+
+    def hist(s):
+        out = prefix_histogram(
+            jnp.asarray(acts), jnp.ones(30, bool), jnp.asarray(s.prefix), s.depth, s.bits, s.extremes
+        )
+        return [np.asarray(x) for x in out[:3]]
+
     s.step(*hist(s))
     copy = LiteSelect(3, 0.005)
     for field in LiteSelect.STATE:

@@ -6,14 +6,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from reference_impl import assert_counts_match
+from reference_impl import assert_counts_match, lite_counts
 from reference_impl import counts as reference_counts
-from reference_impl import lite_counts
 from reference_impl import upsample as reference_upsample
 
 from dissectjax.parallel import DataParallel
-from dissectjax.stats.sparse import SparseTally, quad_runs
 from dissectjax.stats.semantics import Rules, rules
+from dissectjax.stats.sparse import SparseTally, quad_runs
 from dissectjax.stats.tally import LabelBatch, tally
 from dissectjax.stats.upsample import upsample
 
