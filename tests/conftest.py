@@ -60,7 +60,7 @@ def random_broden(root, seed=0, n=23, sizes=((12, 12), (10, 14)), image_size=(20
                 image_level["texture"] = [*image_level.get("texture", []), int(numbers["texture"][0])]
             extra = np.where(rng.random((sh, sw)) < 0.5, numbers["texture"][0], 0).astype(np.int32)
             pixel["part"] = [*pixel.get("part", []), extra]
-        if rng.random() < image_only:
+        if image_only and rng.random() < image_only:  # (no draw otherwise: the default data stay as they were)
             pixel = {}
         pixel = {c: maps for c, maps in pixel.items() if c not in absent}
         image_level = {c: values for c, values in image_level.items() if c not in absent}

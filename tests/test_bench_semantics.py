@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from dissectjax.bench import main, plant_units, semantics_fixture
+from dissectjax.bench import format_semantics, main, plant_units, run_semantics, semantics_fixture
 
 
 def test_planted_units_read_their_concept():
@@ -20,9 +20,14 @@ def test_planted_units_read_their_concept():
     np.testing.assert_array_equal(planted[..., 6:], acts[..., 6:])  # the rest untouched
 
 
-def test_semantics_table_shows_both_rules(capsys):
-    assert main(["bench", "--workload", "semantics", "--images", "48", "--planted", "8", "--batch-size", "16"][1:]) == 0
-    out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line.startswith("| netdissect") or line.startswith("| lite")]
-    assert len(rows) == 4  # both rules at q = 0.005 and 0.05
-    assert "planted part IoU (mean)" in out and "unique (tables)" in out
+def test_semantics_table_shows_both_rules():
+    rows = run_semantics(32, 4, 16, quantiles=(0.05,), say=lambda *_: None)
+    assert sorted(rows) == [("lite", 0.05), ("netdissect", 0.05)]
+    table = format_semantics(rows, 4)
+    assert table.count("| lite | 0.05 |") == table.count("| netdissect | 0.05 |") == 1
+    assert "planted part IoU (mean)" in table and "unique (tables)" in table
+
+
+def test_semantics_workload_refuses_more_planted_units_than_the_layer_has(capsys):
+    assert main(["--workload", "semantics", "--planted", "513"]) == 2
+    assert "--planted 513 is more than the workload's 512 units" in capsys.readouterr().err

@@ -158,7 +158,7 @@ def lite_case(case: str, units: int = 5):
 
 
 @pytest.mark.parametrize("strategy", ["segment", "dense", "sparse"])
-@pytest.mark.parametrize("case", sorted(CASES))
+@pytest.mark.parametrize("case", ["non-integer-ratio", "integer-ratio", "downsample"])
 def test_lite_counts_equal_lites_loop(case, strategy):
     acts, t, pixel, image, category = lite_case(case)
     ours = run_tally(acts, t, pixel, image, category, rules("lite"), strategy, num_categories=NUM_CATEGORIES + 1)
