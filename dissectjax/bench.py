@@ -245,17 +245,17 @@ def plant_units(probe: InMemoryProbe, acts: np.ndarray, planted: int, seed: int 
     return acts.astype(np.float32), concepts
 
 
-def run_semantics(images: int, planted: int, batch_size: int, quantiles=(0.005, 0.05), say=print):
+def run_semantics(images: int, planted: int, batch_size: int, quantiles=(0.005, 0.05), units: int = 512, say=print):
     """Both counting rules on one planted fixture (:func:`semantics_fixture`, :func:`plant_units`):
     {(semantics, q): row of the table}."""
     from dissectjax.stats.labels import iou, label_units, unique_detectors, unique_detectors_tables
 
     parallel = DataParallel.create()
-    probe, acts = semantics_fixture(images)
+    probe, acts = semantics_fixture(images, units)
     acts, concepts = plant_units(probe, acts, planted)
     source = PooledSource(acts)
-    say(f"semantics: {images} images, 512 units ({planted} planted) 7x7 -> 112x112, {len(probe.concepts)} concepts, "
-        f"{jax.device_count()} {jax.default_backend()} device(s)")  # fmt: skip
+    say(f"semantics: {images} images, {units} units ({planted} planted) 7x7 -> 112x112, "
+        f"{len(probe.concepts)} concepts, {jax.device_count()} {jax.default_backend()} device(s)")  # fmt: skip
     rows = {}
     for quantile in quantiles:
         for semantics in ("netdissect", "lite"):

@@ -21,7 +21,7 @@ def test_planted_units_read_their_concept():
 
 
 def test_semantics_table_shows_both_rules():
-    rows = run_semantics(32, 4, 16, quantiles=(0.05,), say=lambda *_: None)
+    rows = run_semantics(32, 4, 16, quantiles=(0.05,), units=16, say=lambda *_: None)
     assert sorted(rows) == [("lite", 0.05), ("netdissect", 0.05)]
     table = format_semantics(rows, 4)
     assert table.count("| lite | 0.05 |") == table.count("| netdissect | 0.05 |") == 1
