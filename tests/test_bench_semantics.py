@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from dissectjax.bench import format_semantics, main, plant_units, run_semantics, semantics_fixture
+from dissectjax.bench import format_semantics, main, plant_units, semantics_fixture
 
 
 def test_planted_units_read_their_concept():
@@ -20,12 +20,13 @@ def test_planted_units_read_their_concept():
     np.testing.assert_array_equal(planted[..., 6:], acts[..., 6:])  # the rest untouched
 
 
-def test_semantics_table_shows_both_rules():
-    rows = run_semantics(32, 4, 16, quantiles=(0.05,), units=16, say=lambda *_: None)
-    assert sorted(rows) == [("lite", 0.05), ("netdissect", 0.05)]
-    table = format_semantics(rows, 4)
-    assert table.count("| lite | 0.05 |") == table.count("| netdissect | 0.05 |") == 1
-    assert "planted part IoU (mean)" in table and "unique (tables)" in table
+def test_semantics_table_has_a_row_per_rule_and_quantile():
+    row = {"detectors": 3, "unique (best label)": 2, "unique (tables)": 2, "planted IoU (mean)": 0.25,
+           "planted part IoU (mean)": 0.5, "planted found": 1, "pass 1 (thresholds)": 10.0,
+           "pass 2 (tally)": 5.0}  # fmt: skip
+    rows = {(semantics, q): row for q in (0.005, 0.05) for semantics in ("netdissect", "lite")}
+    table = format_semantics(rows, 4).splitlines()
+    assert len(table) == 2 + 4 and table[2].startswith("| netdissect | 0.005 | 3 | 2 | 2 | 0.250 | 0.500 | 1/4 |")
 
 
 def test_semantics_workload_refuses_more_planted_units_than_the_layer_has(capsys):
