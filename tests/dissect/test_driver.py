@@ -73,8 +73,9 @@ def test_lite_semantics_match_lites_loop(lite_broden, quantile):
     assert_counts_match(r.intersection, inter, ambiguous)
     assert_counts_match(r.unit_area, uarea, ambiguous)
     np.testing.assert_array_equal(r.concept_area, carea)
-    netdissect = dissect(ArraySource(acts, "layer", len(ds)), ds, DissectConfig(quantile, 0.04, batch_size=4))["layer"]
-    assert not np.array_equal(netdissect.unit_area, r.unit_area)  # the fixture tells the rules apart
+    if quantile == 0.05:  # the fixture tells the rules apart
+        netdissect = dissect(ArraySource(acts, "layer", len(ds)), ds, DissectConfig(quantile, batch_size=4))["layer"]
+        assert not np.array_equal(netdissect.unit_area, r.unit_area)
 
 
 def test_lite_semantics_refuse_no_condition():

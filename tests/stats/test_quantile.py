@@ -112,7 +112,7 @@ def round_down(x: float) -> np.float32:
 
 
 @pytest.mark.parametrize("dist", sorted(DISTRIBUTIONS))
-@pytest.mark.parametrize("quantile", [0.005, 0.05, 0.5])
+@pytest.mark.parametrize("quantile", [0.005, 0.05])
 def test_lite_thresholds_equal_lites_interpolated_readout(dist, quantile):
     rng = np.random.default_rng([zlib.crc32(b"lite" + dist.encode()), int(quantile * 1000)])
     acts = DISTRIBUTIONS[dist](rng, (37, 5, 6, 4)).astype(np.float32)
