@@ -46,9 +46,8 @@ def _blocky(rng, n, size, block, choices, coverage, p=None):
     return np.repeat(np.repeat(low, block, axis=1), block, axis=2)
 
 
-def broden_scale(pool: int = 256, size: int | None = None, units: int = 512, seed: int = 0, repeats: bool = False):
-    """(probe, activations [pool, 7, 7, units] float32) of the broden-scale workload; with
-    ``repeats``, the second object layer may repeat the first one's label at a pixel."""
+def broden_scale(pool: int = 256, size: int | None = None, units: int = 512, seed: int = 0):
+    """(probe, activations [pool, 7, 7, units] float32) of the broden-scale workload."""
     rng = np.random.default_rng(seed)
     names, category = [], []
     for k, (cat, count) in enumerate(BRODEN_CATEGORIES.items()):
@@ -60,8 +59,7 @@ def broden_scale(pool: int = 256, size: int | None = None, units: int = 512, see
     layers = [_blocky(rng, pool, 112, 8, cols[c], BRODEN_COVERAGE[c]) for c in BRODEN_PIXEL_LAYERS]
     pixel = np.stack(layers, axis=1)
     pixel[:, 1] = np.where(rng.random((pool, 1, 1)) < 0.3, pixel[:, 1], -1)  # a second object layer, sometimes
-    if not repeats:
-        pixel[:, 1] = np.where(pixel[:, 1] == pixel[:, 0], -1, pixel[:, 1])
+    pixel[:, 1] = np.where(pixel[:, 1] == pixel[:, 0], -1, pixel[:, 1])  # no repeats
     texture = np.where(rng.random(pool) < 0.2, rng.choice(cols["texture"], pool), -1)
     image = np.stack([rng.choice(cols["scene"], pool), texture], axis=1)
     probe = InMemoryProbe(concepts, pixel.astype(np.int16), image.astype(np.int32), size=size)
@@ -198,7 +196,7 @@ def semantics_fixture(images: int, units: int = 512, seed: int = 0):
     twenty rows has image-level labels only), concepts are Zipf-distributed (a few common, many
     rare), and the second object layer may repeat the first's label at a pixel."""
     rng = np.random.default_rng(seed)
-    probe, acts = broden_scale(pool=images, units=units, seed=seed, repeats=True)
+    probe, acts = broden_scale(pool=images, units=units, seed=seed)  # its concepts and activations; labels below
     concepts = probe.concepts
     cols = {c: np.flatnonzero(concepts.category == k) for k, c in enumerate(BRODEN_CATEGORIES)}
 

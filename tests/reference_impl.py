@@ -25,6 +25,13 @@ def upsample(a: np.ndarray, sh: int, sw: int) -> np.ndarray:
     return r[..., x0] * (1 - fx) + r[..., x1] * fx
 
 
+def ambiguous_pixels(up: np.ndarray, t: np.ndarray) -> np.ndarray:
+    """int [U]: pixels of upsampled maps up [U, sh, sw] within float32 rounding of their unit's
+    threshold t [U] but not equal to it (another float32 implementation may decide them otherwise)."""
+    gap = np.abs(up - t[:, None, None])
+    return ((gap > 0) & (gap <= 1e-5 * np.maximum(1, np.abs(t))[:, None, None])).sum((1, 2))
+
+
 def counts(acts, thresholds, pixel_labels, image_labels, concept_category, num_categories, condition=True):
     """Exact counts.
 
@@ -46,8 +53,7 @@ def counts(acts, thresholds, pixel_labels, image_labels, concept_category, num_c
         sh, sw = layers.shape[-2:]
         up = upsample(np.asarray(acts[i]), sh, sw)
         mask = up > t[:, None, None]
-        gap = np.abs(up - t[:, None, None])
-        ambiguous += ((gap > 0) & (gap <= 1e-5 * np.maximum(1, np.abs(t))[:, None, None])).sum((1, 2))
+        ambiguous += ambiguous_pixels(up, t)
         present = set()
         for c in range(num_concepts):
             m = np.any(layers == c, axis=0) if layers.size else np.zeros((sh, sw), bool)
@@ -129,8 +135,7 @@ def lite_counts(acts, thresholds, pixel_labels, image_labels, concept_category, 
             tally_labels[scalar] += sh * sw
         tally_labels += np.bincount(pixels[pixels >= 0].ravel(), minlength=num_concepts)
         up = upsample(np.asarray(acts[i]), sh, sw)
-        gap = np.abs(up - t[:, None, None])
-        ambiguous += ((gap > 0) & (gap <= 1e-5 * np.maximum(1, np.abs(t))[:, None, None])).sum((1, 2))
+        ambiguous += ambiguous_pixels(up, t)
         for unit in range(units):
             if not acts[i, unit].max() > t[unit]:
                 continue
