@@ -109,43 +109,60 @@ def rotated_source(base, layer: str, alphas, seeds) -> ProjectedSource:
     return ProjectedSource(base, layer, rotations(layer, base.units[layer], alphas, seeds))
 
 
+def summarize(results, categories) -> dict:
+    """Mean and std over dissected views (e.g. the seeds of one rotation power) of: detectors,
+    unique detectors under both rules (``unique``: distinct best labels; ``unique_tables``:
+    NetDissect's tables, DESIGN.md section 5), the mean IoU of the labels, and unique
+    detectors per category (mean)."""
+    stats = {
+        "detectors": [r.detectors for r in results],
+        "unique": [r.unique["total"] for r in results],
+        "unique_tables": [r.unique_tables["total"] for r in results],
+        "mean_iou": [float(r.labels.score.mean()) for r in results],
+    }
+    out = {"views": len(results)}
+    for name, values in stats.items():
+        out[name], out[name + "_std"] = float(np.mean(values)), float(np.std(values))
+    out.update({f"unique_{c}": float(np.mean([r.unique[c] for r in results])) for c in categories})
+    return out
+
+
 def rotation_summary(results: dict, layer: str, alphas, seeds, categories) -> list[dict]:
-    """Per rotation power a: detectors and unique detectors (mean and std over seeds), the
-    mean IoU of the labels, and unique detectors per category (mean over seeds)."""
-    rows = []
-    for a in alphas:
-        rs = [results[point_name(layer, float(a), int(s))] for s in seeds]
-        det = np.array([r.detectors for r in rs], float)
-        uniq = np.array([r.unique["total"] for r in rs], float)
-        rows.append(
-            {
-                "a": float(a),
-                "detectors": det.mean(),
-                "detectors_std": det.std(),
-                "unique": uniq.mean(),
-                "unique_std": uniq.std(),
-                "mean_iou": float(np.mean([r.labels.score.mean() for r in rs])),
-                **{f"unique_{c}": float(np.mean([r.unique[c] for r in rs])) for c in categories},
-            }
-        )
-    return rows
+    """Per rotation power a: :func:`summarize` over the seeds."""
+    return [
+        {"a": float(a), **summarize([results[point_name(layer, float(a), int(s))] for s in seeds], categories)}
+        for a in alphas
+    ]
 
 
-def plot_rotation_curves(curves: dict[str, list[dict]], ylabel: str, path: str) -> None:
-    """Detectors (with std over seeds) and unique detectors against a, one line pair per network."""
+def direction_name(seed: int) -> str:
+    return f"random directions,seed={seed}"
+
+
+def plot_rotation_curves(curves: dict[str, list[dict]], ylabel: str, path: str,
+                         directions: dict[str, dict] | None = None) -> None:  # fmt: skip
+    """Against a, one colour per network, std over seeds as error bars: detectors; unique
+    detectors under both rules; the mean IoU of the labels. ``directions``: per network, the
+    random directions' :func:`summarize`, drawn as a star at a = 1.1 (tables rule)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    for tag, rows in curves.items():
-        a = [r["a"] for r in rows]
-        ax.errorbar(a, [r["detectors"] for r in rows], yerr=[r["detectors_std"] for r in rows], marker="o",
-                    capsize=3, label=f"{tag}: detectors")  # fmt: skip
-        ax.plot(a, [r["unique"] for r in rows], "--", marker="s", label=f"{tag}: unique")
-    ax.set(xlabel="rotation power a", ylabel=ylabel)
-    ax.legend(fontsize=8)
+    fig, (det, uniq, iou) = plt.subplots(1, 3, figsize=(13, 3.8))
+    for i, (tag, rows) in enumerate(curves.items()):
+        color, a = f"C{i}", [r["a"] for r in rows]
+        lines = ((det, "detectors", "-o", tag), (uniq, "unique_tables", "-s", f"{tag}: tables"),
+                 (uniq, "unique", ":^", f"{tag}: best label"), (iou, "mean_iou", "-o", tag))  # fmt: skip
+        for ax, key, style, label in lines:
+            ax.errorbar(a, [r[key] for r in rows], yerr=[r[key + "_std"] for r in rows], fmt=style, capsize=3,
+                        color=color, label=label)  # fmt: skip
+            if directions and tag in directions and key != "unique":
+                d = directions[tag]
+                ax.errorbar([1.1], [d[key]], yerr=[d[key + "_std"]], marker="*", ms=11, color=color, capsize=3)
+    for ax, name in ((det, f"detectors, {ylabel}"), (uniq, "unique detectors"), (iou, "mean IoU of the labels")):
+        ax.set(xlabel="rotation power a (star at 1.1: random directions)", ylabel=name)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -96,16 +96,17 @@ def cmd_chimera(args) -> int:
                                    cats))  # fmt: skip
         curves[tag] = rotation_summary(results, args.layer, alphas, seeds, cats)
         print(f"\n{tag} {args.layer}: rotation Q^a, {len(seeds)} seeds, {len(probe)} probe images")
-        print(f"{'a':>5} {'detectors':>14} {'unique':>12} {'mean IoU':>9}")
+        print(f"{'a':>5} {'detectors':>14} {'unique (tables)':>16} {'unique (best)':>14} {'mean IoU':>9}")
         for c in curves[tag]:
             print(
-                f"{c['a']:5.2f} {c['detectors']:8.1f} +-{c['detectors_std']:4.1f} {c['unique']:6.1f} "
-                f"+-{c['unique_std']:3.1f} {c['mean_iou']:9.3f}"
+                f"{c['a']:5.2f} {c['detectors']:8.1f} +-{c['detectors_std']:4.1f} {c['unique_tables']:9.1f} "
+                f"+-{c['unique_tables_std']:4.1f} {c['unique']:7.1f} +-{c['unique_std']:4.1f} {c['mean_iou']:9.3f}"
             )
         if args.directions:
             d = results["random directions"]
             print(
-                f"{args.directions} random unit-norm directions: {d.detectors} detectors, {d.unique['total']} unique, "
+                f"{args.directions} random unit-norm directions: {d.detectors} detectors, {d.unique_tables['total']} "
+                f"unique (tables), {d.unique['total']} unique (best label), "
                 f"mean IoU {d.labels.score.mean():.3f}"
             )
     path = os.path.join(args.out, f"chimera-{args.layer}")
@@ -124,6 +125,7 @@ def _point_row(network: str, view: str, a, seed: int, result, categories) -> dic
         "units": result.units,
         "detectors": result.detectors,
         "unique": result.unique["total"],
+        "unique_tables": result.unique_tables["total"],
         **{f"unique_{c}": result.unique[c] for c in categories},
         "mean_iou": _rounded(result.labels.score.mean()),
     }

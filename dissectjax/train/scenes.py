@@ -47,6 +47,12 @@ class SceneData:
         return synthetic.SyntheticConfig(size=size, seed=scene_split_seed(split), image_size=self.image_size)
 
 
+# the strong recipe (checkpoints scenenet-strong*): the same network, twice the scenes, 10 epochs
+STRONG_SCENE_TRAINING = dataclasses.replace(SCENE_TRAINING, epochs=10)
+STRONG_SCENE_DATA = SceneData(train_size=24000)
+RECIPES = {"demo": (SCENE_TRAINING, SceneData()), "strong": (STRONG_SCENE_TRAINING, STRONG_SCENE_DATA)}
+
+
 def train_scene_classifier(
     model: nn.Module,
     config: TrainConfig = SCENE_TRAINING,

@@ -108,3 +108,19 @@ def test_rotated_dissection_equals_dissecting_numpy_rotated_activations(broden_d
     # counts agree up to pixels within float32 rounding of a threshold
     assert np.abs(ours.intersection - numpy_side.intersection).max() <= 3
     np.testing.assert_array_equal(ours.labels.label, numpy_side.labels.label)
+
+
+def test_summaries_average_both_counting_rules_over_seeds():
+    from types import SimpleNamespace
+
+    from dissectjax.analysis.chimera import summarize
+
+    def result(detectors, best, tables, scores):
+        return SimpleNamespace(detectors=detectors, unique={"total": best, "object": best}, labels=SimpleNamespace(
+            score=np.array(scores)), unique_tables={"total": tables, "object": tables})  # fmt: skip
+
+    s = summarize([result(10, 4, 6, [0.1, 0.3]), result(14, 2, 8, [0.2, 0.2])], ["object"])
+    assert s["views"] == 2 and s["detectors"] == 12 and s["detectors_std"] == 2
+    assert (s["unique"], s["unique_std"], s["unique_tables"], s["unique_tables_std"]) == (3, 1, 7, 1)
+    assert s["mean_iou"] == pytest.approx(0.2) and s["mean_iou_std"] == pytest.approx(0.0)
+    assert s["unique_object"] == 3

@@ -47,6 +47,7 @@ def test_chimera_at_a_zero_is_the_plain_dissection(tmp_path, setting):
     for r in rows:
         if r["view"] == "rotation" and float(r["a"]) == 0:
             assert int(r["detectors"]) == plain.detectors and int(r["unique"]) == plain.unique["total"]
+            assert int(r["unique_tables"]) == plain.unique_tables["total"]
     assert [r["view"] for r in rows].count("random directions") == 1
 
 
