@@ -110,57 +110,93 @@ class ClassCounts:
         return (self.recall() + specificity) / 2
 
 
-@functools.partial(jax.jit, static_argnames=("model", "num_classes", "above"))
-def _class_counts(model, variables, edits: UnitEdit, acts, images, labels, num_classes, above):
-    """int32 [M, 3, K]: hits, actual and predicted per class under each of M stacked edits.
+@dataclasses.dataclass(frozen=True)
+class PerClass:
+    """A sweep's tally: int32 [3, K] hits, actual and predicted per class (:class:`ClassCounts`)."""
+
+    num_classes: int
+
+    def __call__(self, logits: jax.Array, labels: jax.Array, valid: jax.Array) -> jax.Array:
+        pred = jnp.argmax(logits, axis=-1)
+        k = self.num_classes
+        hits = jnp.zeros(k, jnp.int32).at[labels].add((pred == labels) & valid, mode="drop")
+        actual = jnp.zeros(k, jnp.int32).at[labels].add(valid, mode="drop")
+        predicted = jnp.zeros(k, jnp.int32).at[pred].add(valid, mode="drop")
+        return jnp.stack([hits, actual, predicted])
+
+
+@functools.partial(jax.jit, static_argnames=("model", "tally", "above"))
+def _edit_tallies(model, variables, edits: UnitEdit, acts, images, labels, valid, tally, above):
+    """``tally(logits, labels, valid)`` of one batch under each of M stacked edits ([M, ...]).
     ``above``: run only the network above the edited layer, from ``acts`` (``images`` are then
     zeros of the right shape, dead code); else rerun it whole from ``images`` with the edit
-    where the layer is sown. Labels equal to ``num_classes`` are padding."""
-    valid = labels < num_classes
+    where the layer is sown."""
 
     def one(edit: UnitEdit):
         if above:
             edited = {**variables, LAYER_VALUES: nested({edit.layer: edit.apply_to(acts)})}
         else:
             edited = with_edits(variables, edit)
-        pred = jnp.argmax(model.apply(edited, images), axis=-1)
-        hits = jnp.zeros(num_classes, jnp.int32).at[labels].add((pred == labels) & valid, mode="drop")
-        actual = jnp.zeros(num_classes, jnp.int32).at[labels].add(valid, mode="drop")
-        predicted = jnp.zeros(num_classes, jnp.int32).at[pred].add(valid, mode="drop")
-        return jnp.stack([hits, actual, predicted])
+        return tally(model.apply(edited, images), labels, valid)
 
     return jax.vmap(one)(edits)
 
 
-def class_counts(model, variables, data: LayerData, masks: np.ndarray, mode: str = "zero", chunk: int = 16,
-                 batch: int = LAYER_BATCH) -> ClassCounts:  # fmt: skip
-    """Per-class counts [M, K] with each mask's units (float [M, U]) set to zero or their mean."""
-    if mode not in ABLATION_MODES:
-        raise DissectError(f"ablation mode must be one of {', '.join(ABLATION_MODES)}, got {mode!r}")
+def edit_sweep(model, variables, data: LayerData, masks: np.ndarray, values: np.ndarray, tally, chunk: int = 16,
+               batch: int = LAYER_BATCH):  # fmt: skip
+    """Each mask's units (float [M, U]) set to ``values`` [U]: ``tally`` (a hashable callable
+    ``(logits [B, K], labels [B], valid [B]) -> pytree``) summed over ``data``'s images, as
+    float64/int64 arrays [M, ...]. Edits go through the model ``chunk`` at a time (vmapped),
+    images ``batch`` at a time, both padded to one compiled shape."""
     masks = np.atleast_2d(np.asarray(masks, np.float32))
     if masks.shape[1] != data.units:
         raise DissectError(f"unit masks of {masks.shape[1]} units for {data.layer} with {data.units} units")
-    values = np.zeros(data.units, np.float32) if mode == "zero" else data.means
-    out = np.zeros((len(masks), 3, data.num_classes), np.int64)
+    values = jnp.asarray(np.asarray(values, np.float32))
+    chunks = []
     no_images = jnp.zeros((batch, *data.image_shape), jnp.uint8) if data.above else None  # dead code: made once
     for m in range(0, len(masks), chunk):
         part = masks[m : m + chunk]
         if len(part) < chunk:  # pad to keep one compiled shape
             part = np.concatenate([part, np.zeros((chunk - len(part), data.units), np.float32)])
-        edits = UnitEdit(data.layer, jnp.asarray(part), jnp.broadcast_to(jnp.asarray(values), part.shape))
+        edits = UnitEdit(data.layer, jnp.asarray(part), jnp.broadcast_to(values, part.shape))
+        summed = None
         for i in range(0, len(data.acts), batch):
             acts, labels = data.acts[i : i + batch], data.labels[i : i + batch]
             images = no_images if data.above else data.images[i : i + batch]
+            valid = np.ones(batch, bool)
             if len(acts) < batch:
                 pad = batch - len(acts)
+                valid[len(acts) :] = False
                 acts = np.concatenate([acts, np.zeros((pad, *acts.shape[1:]), acts.dtype)])
-                labels = np.concatenate([labels, np.full(pad, data.num_classes, labels.dtype)])  # dropped
+                labels = np.concatenate([labels, np.zeros(pad, labels.dtype)])
                 if not data.above:
                     images = np.concatenate([images, np.zeros((pad, *images.shape[1:]), images.dtype)])
-            c = _class_counts(model, variables, edits, jnp.asarray(acts), jnp.asarray(images), jnp.asarray(labels),
-                              data.num_classes, data.above)  # fmt: skip
-            out[m : m + chunk] += np.asarray(c)[: len(masks) - m]
-    return ClassCounts(out[:, 0], out[:, 1], out[:, 2])
+            t = _edit_tallies(model, variables, edits, jnp.asarray(acts), jnp.asarray(images), jnp.asarray(labels),
+                              jnp.asarray(valid), tally, data.above)  # fmt: skip
+            t = jax.tree.map(_widened, t)
+            summed = t if summed is None else jax.tree.map(np.add, summed, t)
+        chunks.append(summed)
+    return jax.tree.map(lambda *parts: np.concatenate(parts)[: len(masks)], *chunks)
+
+
+def _widened(x) -> np.ndarray:
+    """A device tally as float64 or int64, so sums over many batches stay exact."""
+    return np.asarray(x, np.float64 if np.issubdtype(x.dtype, np.floating) else np.int64)
+
+
+def class_counts(model, variables, data: LayerData, masks: np.ndarray, mode: str = "zero", chunk: int = 16,
+                 batch: int = LAYER_BATCH) -> ClassCounts:  # fmt: skip
+    """Per-class counts [M, K] with each mask's units (float [M, U]) set to zero or their mean."""
+    counts = edit_sweep(model, variables, data, masks, ablation_values(data, mode), PerClass(data.num_classes), chunk,
+                        batch)  # fmt: skip
+    return ClassCounts(counts[:, 0], counts[:, 1], counts[:, 2])
+
+
+def ablation_values(data: LayerData, mode: str) -> np.ndarray:
+    """float32 [U]: what an ablated unit outputs: zero, or its mean over ``data``."""
+    if mode not in ABLATION_MODES:
+        raise DissectError(f"ablation mode must be one of {', '.join(ABLATION_MODES)}, got {mode!r}")
+    return np.zeros(data.units, np.float32) if mode == "zero" else data.means
 
 
 def single_unit_damage(model, variables, data: LayerData, mode: str = "zero", chunk: int = 16,
