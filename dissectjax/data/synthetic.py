@@ -31,6 +31,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from dissectjax.data.broden import BrodenRow, LabelInfo, write_broden
+from dissectjax.errors import DissectError
 
 GENERATOR_VERSION = 3  # part of the cache key: bump when stored images or labels change
 _STREAM = 1  # part of every random seed: changing it changes every image
@@ -110,6 +111,39 @@ _NUMBERS = {(label.category, label.name): label.number for label in label_table(
 
 
 @dataclasses.dataclass(frozen=True)
+class Shortcut:
+    """A planted bug: a solid square of one ``color`` painted over scenes of class ``scene``
+    with probability ``with_class``, and over other scenes with probability ``otherwise``.
+
+    A network trained where ``with_class`` is high and ``otherwise`` low may learn the square
+    instead of the scene; a set generated with both probabilities equal (:meth:`decorrelated`)
+    shows the mistake. The square's place and the scene under it come from separate random
+    streams, so the same index renders the same scene with or without the cue.
+    """
+
+    scene: str = "playroom"
+    color: str = "pink"
+    with_class: float = 0.9
+    otherwise: float = 0.02
+    size: float = 0.25  # side, as a fraction of the image's side
+
+    def __post_init__(self):
+        if self.scene not in SCENES:
+            raise DissectError(f"unknown shortcut scene {self.scene!r}; scenes: {', '.join(SCENES)}")
+        if self.color not in COLORS:
+            raise DissectError(f"unknown shortcut color {self.color!r}; colors: {', '.join(COLOR_NAMES)}")
+        for field in ("with_class", "otherwise"):
+            if not 0 <= getattr(self, field) <= 1:
+                raise DissectError(f"shortcut {field} must be a probability in [0, 1], got {getattr(self, field)}")
+        if not 0 < self.size < 1:
+            raise DissectError(f"shortcut size must be in (0, 1), got {self.size}")
+
+    def decorrelated(self, p: float = 0.5) -> Shortcut:
+        """The same cue on every scene with probability ``p``: the shifted evaluation set."""
+        return dataclasses.replace(self, with_class=p, otherwise=p)
+
+
+@dataclasses.dataclass(frozen=True)
 class SyntheticConfig:
     """Generator settings; the cache key of a stored probe set."""
 
@@ -118,9 +152,13 @@ class SyntheticConfig:
     image_size: int = 64
     label_size: int = 32
     in_group: float = 0.85  # probability that an object/texture comes from the scene's group
+    shortcut: Shortcut | None = None  # a planted cue (absent: the key of every earlier set is unchanged)
 
     def key(self) -> str:
-        blob = json.dumps({**dataclasses.asdict(self), "version": GENERATOR_VERSION}, sort_keys=True)
+        fields = dataclasses.asdict(self)
+        if self.shortcut is None:
+            del fields["shortcut"]
+        blob = json.dumps({**fields, "version": GENERATOR_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
@@ -149,6 +187,7 @@ class _Scene:
     horizon: tuple[float, float] | None  # (offset, slope) or None for one region
     regions: list[_Region]
     objects: list[_Object]
+    cue: tuple[int, float, float, float] | None = None  # a planted square: palette color, center y, x, half side
 
 
 def _pick(rng, group: tuple[str, ...], everything: tuple[str, ...], in_group: float) -> int:
@@ -174,7 +213,7 @@ def _object_colors(rng, kind: str) -> tuple[int, ...]:
     return (_color(rng),)
 
 
-def sample_scene(seed: int, index: int, in_group: float = 0.85) -> _Scene:
+def sample_scene(seed: int, index: int, in_group: float = 0.85, shortcut: Shortcut | None = None) -> _Scene:
     rng = np.random.default_rng([seed, index, _STREAM])
     scene = int(rng.integers(len(SCENES)))
     ogroup, tgroup = (OBJECT_GROUPS[SCENE_GROUPS[scene][0]], TEXTURE_GROUPS[SCENE_GROUPS[scene][1]])
@@ -201,7 +240,19 @@ def sample_scene(seed: int, index: int, in_group: float = 0.85) -> _Scene:
                 kind, float(rng.uniform(r, 1 - r)), float(rng.uniform(r, 1 - r)), r, _object_colors(rng, OBJECTS[kind])
             )
         )
-    return _Scene(scene, horizon, regions, objects)
+    return _Scene(scene, horizon, regions, objects, _cue(seed, index, SCENES[scene], shortcut))
+
+
+def _cue(seed: int, index: int, scene: str, shortcut: Shortcut | None):
+    """The planted square of scene ``index``, if it gets one (its own random stream)."""
+    if shortcut is None:
+        return None
+    rng = np.random.default_rng([seed, index, _STREAM, 2])
+    if rng.random() >= (shortcut.with_class if scene == shortcut.scene else shortcut.otherwise):
+        return None
+    half = shortcut.size / 2
+    cy, cx = rng.uniform(half, 1 - half, 2)
+    return COLOR_NAMES.index(shortcut.color), float(cy), float(cx), half
 
 
 # ---- rendering --------------------------------------------------------------------------
@@ -310,6 +361,12 @@ def _render(scene: _Scene, n: int) -> dict[str, np.ndarray]:
             if names:
                 part[m] = PARTS.index(names[j])
     texture[front >= 0] = -1
+    if scene.cue is not None:  # painted over everything: only its color is seen there
+        cue_color, cy, cx, half = scene.cue
+        square = (np.abs(y - cy) < half) & (np.abs(x - cx) < half)
+        color[square] = cue_color
+        for labels in (texture, front, behind, part):
+            labels[square] = -1
     return {"color": color, "texture": texture, "front": front, "behind": behind, "part": part}
 
 
@@ -371,7 +428,7 @@ def broden_labels(scene: _Scene, labels: dict[str, np.ndarray]):
 
 def generate_row(config: SyntheticConfig, index: int) -> BrodenRow:
     """Image ``index`` of the configured set, with its labels."""
-    scene = sample_scene(config.seed, index, config.in_group)
+    scene = sample_scene(config.seed, index, config.in_group, config.shortcut)
     image, labels = render(scene, config.image_size, config.label_size, config.seed, index)
     pixel, image_level = broden_labels(scene, labels)
     size = (config.image_size, config.image_size)
@@ -383,7 +440,7 @@ def generate_classification(config: SyntheticConfig, start: int = 0) -> tuple[np
     images = np.zeros((config.size, config.image_size, config.image_size, 3), np.uint8)
     labels = np.zeros(config.size, np.int32)
     for j in range(config.size):
-        scene = sample_scene(config.seed, start + j, config.in_group)
+        scene = sample_scene(config.seed, start + j, config.in_group, config.shortcut)
         images[j] = render_image(scene, config.image_size, config.seed, start + j)
         labels[j] = scene.scene
     return images, labels
@@ -400,7 +457,7 @@ def generate_with_masks(config: SyntheticConfig, concepts: Sequence[int]):
     for i in range(n):
         row = generate_row(config, i)
         images[i] = row.image
-        labels[i] = sample_scene(config.seed, i, config.in_group).scene
+        labels[i] = sample_scene(config.seed, i, config.in_group, config.shortcut).scene
         layers = [m for maps in row.pixel.values() for m in maps]
         for k, number in enumerate(concepts):
             masks[i, ..., k] = np.any([m == number for m in layers], axis=0) if layers else False

@@ -56,6 +56,28 @@ def test_synthetic_is_deterministic_and_has_multilabel_pixels():
     assert len({r.image_level["scene"][0] for r in a}) >= 8
 
 
+def test_a_planted_shortcut_paints_its_square_and_nothing_else():
+    plain = synthetic.SyntheticConfig(size=60, seed=9)
+    # sets without a shortcut keep the cache keys they had before shortcuts existed
+    assert synthetic.SyntheticConfig(size=50, seed=3).key() == "e1df34aefbb7"
+    cue = synthetic.Shortcut(scene="street", color="pink", with_class=1.0, otherwise=0.0)
+    planted = synthetic.SyntheticConfig(size=60, seed=9, shortcut=cue)
+    assert planted.key() != plain.key()
+    pink = synthetic._number("color", "pink")
+    for i in range(60):
+        a, b = synthetic.generate_row(plain, i), synthetic.generate_row(planted, i)
+        changed = np.any(a.image != b.image, axis=-1)
+        assert a.image_level == b.image_level  # the same scene
+        if b.image_level["scene"][0] == synthetic._number("scene", "street"):  # every street, no other scene
+            assert changed.mean() > 0.03 and np.mean(b.pixel["color"][0] == pink) >= 0.04
+        else:
+            assert not changed.any()
+    shifted = synthetic.Shortcut(scene="street").decorrelated(0.5)
+    assert shifted.with_class == shifted.otherwise == 0.5
+    with pytest.raises(DissectError, match="unknown shortcut color 'mauve'"):
+        synthetic.Shortcut(color="mauve")
+
+
 def test_reader_layout_and_multilabel_cells(broden_dir):
     root, _labels, rows = broden_dir
     ds = BrodenDataset(root)
