@@ -193,13 +193,15 @@ def changed_parameters(before: Mapping, after: Mapping) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class FixResult:
-    """One fix, measured. failing_accuracy: on the failing (shifted) examples; clean_accuracy:
+    """One fix, measured. failing_accuracy: on the failing examples; shifted_accuracy: on the
+    whole set they come from (None where not given); clean_accuracy:
     on clean held-out data; agreement: the share of clean examples the original network got
     right whose prediction the fix keeps."""
 
     name: str
     units: tuple[int, ...]
     failing_accuracy: float
+    shifted_accuracy: float | None
     clean_accuracy: float
     agreement: float
     parameters_changed: int
@@ -210,8 +212,9 @@ class FixResult:
 
 
 def measure_fix(name: str, model, original: Mapping, fixed: Mapping, failing: tuple, clean: tuple,
-                units: Sequence[int] = (), seconds: float = 0.0) -> FixResult:  # fmt: skip
-    """``failing``, ``clean``: (images, right labels)."""
+                units: Sequence[int] = (), seconds: float = 0.0, shifted: tuple | None = None,
+                ) -> FixResult:  # fmt: skip
+    """``failing``, ``clean``, ``shifted``: (images, right labels)."""
     before = predict(model, original, clean[0])
     after = predict(model, fixed, clean[0])
     right = before == clean[1]
@@ -219,6 +222,7 @@ def measure_fix(name: str, model, original: Mapping, fixed: Mapping, failing: tu
         name=name,
         units=tuple(int(u) for u in units),
         failing_accuracy=float(np.mean(predict(model, fixed, failing[0]) == failing[1])),
+        shifted_accuracy=None if shifted is None else float(np.mean(predict(model, fixed, shifted[0]) == shifted[1])),
         clean_accuracy=float(np.mean(after == clean[1])),
         agreement=float(np.mean(after[right] == before[right])) if right.any() else float("nan"),
         parameters_changed=changed_parameters(original, fixed),

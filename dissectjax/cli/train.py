@@ -54,7 +54,14 @@ def cmd_train(args) -> int:
     say = log_lines(args.quiet)
     config = dataclasses.replace(SCENE_TRAINING, seed=args.seed, epochs=args.epochs, batch_size=args.batch_size,
                                  learning_rate=args.learning_rate)  # fmt: skip
-    data = SceneData(train_size=args.train_size)
+    shortcut = None
+    if args.shortcut:
+        from dissectjax.data.labelled import shortcut_spec
+
+        shortcut = shortcut_spec(args.shortcut, "--shortcut")
+        say(f"planted shortcut: a {shortcut.color} square on {shortcut.with_class:.0%} of {shortcut.scene} scenes and "
+            f"{shortcut.otherwise:.0%} of the others")  # fmt: skip
+    data = SceneData(train_size=args.train_size, shortcut=shortcut)
     recipe = recipe_from_args(args)
     kwargs, terms, concepts, info = {}, (), (), {}
     if recipe is not None:
@@ -81,6 +88,9 @@ def add_parsers(sub) -> None:
     t.add_argument("--train-size", type=positive_int, default=SceneData.train_size)
     t.add_argument("--batch-size", type=positive_int, default=SCENE_TRAINING.batch_size)
     t.add_argument("--learning-rate", type=finite_float, default=SCENE_TRAINING.learning_rate)
+    t.add_argument("--shortcut", metavar="SCENE:COLOR",
+                   help="plant a bug: a COLOR square on 90%% of SCENE's training scenes and 2%% of the others "
+                        "(measure it on --data shifted:SCENE:COLOR)")  # fmt: skip
     t.add_argument("--quiet", action="store_true")
     add_recipe_flags(t)
     t.set_defaults(func=cmd_train)

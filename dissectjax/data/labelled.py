@@ -8,6 +8,11 @@ Specs:
 
     synthetic          the generated scenes (:mod:`dissectjax.data.splits`: the ``rank`` and
                        ``eval`` scene splits, seeds 200 and 201); 12 classes, RGB
+    shifted:SCENE:COLOR[:P]
+                       the same scenes with a planted cue decorrelated from the class: a
+                       COLOR square on every scene with probability P (default 0.5), the
+                       shifted set that shows a network trained with the shortcut SCENE:COLOR
+                       (``dissectjax train --shortcut``) taking it
     digits             styled digits (:func:`dissectjax.data.digits.digit_set`), classes
                        "0".."9", drawn with seed 200 (``rank``) or 201 (``eval``)
     DIR                class folders, DIR/<class>/<images> (.jpg .jpeg .png .bmp .webp, any
@@ -124,6 +129,8 @@ def open_labelled(
     progress = progress or (lambda iterable, **_: iterable)
     if spec == "synthetic":
         return _synthetic(split, count, shape, num_classes)
+    if spec.startswith("shifted:"):
+        return _synthetic(split, count, shape, num_classes, shifted_cue(spec))
     if spec == "digits":
         return _digits(split, count, shape, num_classes)
     if spec.startswith("tfds:"):
@@ -131,8 +138,8 @@ def open_labelled(
     if os.path.isdir(spec):
         return _folders(spec, split, count, shape, num_classes, progress)
     raise DissectError(
-        f"labelled data {spec!r} is neither 'synthetic', 'digits', 'tfds:NAME[:SPLIT]' nor an existing directory "
-        "of class folders (DIR/<class>/<image files>)"
+        f"labelled data {spec!r} is neither 'synthetic', 'shifted:SCENE:COLOR[:P]', 'digits', 'tfds:NAME[:SPLIT]' "
+        "nor an existing directory of class folders (DIR/<class>/<image files>)"
     )
 
 
@@ -271,15 +278,39 @@ def _nonempty(order: np.ndarray, source: str, split: str, why: str) -> np.ndarra
 
 
 # ---- generated sets ---------------------------------------------------------------------
-def _synthetic(split: str, count: int | None, shape, num_classes: int) -> LabelledImages:
-    """Scenes of the ``split`` scene split, generated square at the larger input side."""
+def shortcut_spec(text: str, flag: str):
+    """``SCENE:COLOR`` -> the planted :class:`~dissectjax.data.synthetic.Shortcut` (training probabilities)."""
+    from dissectjax.data.synthetic import Shortcut
+
+    parts = text.split(":")
+    if len(parts) != 2:
+        raise DissectError(f"{flag} takes SCENE:COLOR (e.g. playroom:pink), got {text!r}")
+    return Shortcut(scene=parts[0], color=parts[1])
+
+
+def shifted_cue(spec: str):
+    """``shifted:SCENE:COLOR[:P]`` -> the shortcut decorrelated from the class at probability P."""
+    parts = spec.split(":")[1:]
+    if len(parts) not in (2, 3):
+        raise DissectError(f"labelled data {spec!r}: expected shifted:SCENE:COLOR[:P], e.g. shifted:playroom:pink")
+    try:
+        p = float(parts[2]) if len(parts) == 3 else 0.5
+    except ValueError:
+        raise DissectError(f"labelled data {spec!r}: P must be a probability, got {parts[2]!r}") from None
+    return shortcut_spec(":".join(parts[:2]), "shifted:").decorrelated(p)
+
+
+def _synthetic(split: str, count: int | None, shape, num_classes: int, shortcut=None) -> LabelledImages:
+    """Scenes of the ``split`` scene split, generated square at the larger input side (with a
+    planted ``shortcut`` cue if given)."""
     from dissectjax.data.splits import SCENE_CLASSES, scene_images
 
     _check_classes("synthetic", SCENE_CLASSES, num_classes, "the synthetic scenes measure scene classifiers")
     if shape[2] != 3:
         raise DissectError("the synthetic scenes are RGB but the model takes 1 channel; use digits or a directory")
-    images, labels = scene_images(count or GENERATED_COUNT, split, image_size=max(shape[:2]))
-    return _labelled(fit_arrays(images, shape), labels, SCENE_CLASSES, "synthetic", split)
+    images, labels = scene_images(count or GENERATED_COUNT, split, image_size=max(shape[:2]), shortcut=shortcut)
+    source = "synthetic" if shortcut is None else f"shifted:{shortcut.scene}:{shortcut.color}:{shortcut.with_class:g}"
+    return _labelled(fit_arrays(images, shape), labels, SCENE_CLASSES, source, split)
 
 
 def _digits(split: str, count: int | None, shape, num_classes: int) -> LabelledImages:

@@ -31,7 +31,9 @@ def scene_split_seed(split: str) -> int:
     return SCENE_SPLITS[split]
 
 
-def scene_images(n: int, split: str, image_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
-    """(uint8 [n, s, s, 3] images, int32 [n] scene labels) of a named split."""
-    config = synthetic.SyntheticConfig(size=n, seed=scene_split_seed(split), image_size=image_size)
+def scene_images(n: int, split: str, image_size: int = 64,
+                 shortcut: synthetic.Shortcut | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """(uint8 [n, s, s, 3] images, int32 [n] scene labels) of a named split, with a planted
+    ``shortcut`` cue if given (:class:`dissectjax.data.synthetic.Shortcut`)."""
+    config = synthetic.SyntheticConfig(size=n, seed=scene_split_seed(split), image_size=image_size, shortcut=shortcut)
     return synthetic.generate_classification(config)

@@ -35,6 +35,7 @@ class SceneData:
     image_size: int = 64
     train_split: str = "train"
     val_split: str = "val"
+    shortcut: synthetic.Shortcut | None = None  # a planted cue in the training scenes only
 
     def __post_init__(self):
         for field in ("train_size", "val_size", "image_size"):
@@ -43,8 +44,10 @@ class SceneData:
         scene_split_seed(self.train_split), scene_split_seed(self.val_split)
 
     def config(self, split: str) -> synthetic.SyntheticConfig:
-        size = self.train_size if split == self.train_split else self.val_size
-        return synthetic.SyntheticConfig(size=size, seed=scene_split_seed(split), image_size=self.image_size)
+        train = split == self.train_split
+        size, shortcut = (self.train_size, self.shortcut) if train else (self.val_size, None)
+        return synthetic.SyntheticConfig(size=size, seed=scene_split_seed(split), image_size=self.image_size,
+                                         shortcut=shortcut)  # fmt: skip
 
 
 # the strong recipe (checkpoints scenenet-strong*): the same network, twice the scenes, 10 epochs
@@ -106,8 +109,12 @@ def train_scene_classifier(
 
 
 def training_record(config: TrainConfig, data: SceneData) -> dict:
-    """What a scene classifier's checkpoint records of how it was trained (``train_config``)."""
-    return {**dataclasses.asdict(config), **dataclasses.asdict(data)}
+    """What a scene classifier's checkpoint records of how it was trained (``train_config``;
+    ``shortcut`` only where one was planted)."""
+    record = {**dataclasses.asdict(config), **dataclasses.asdict(data)}
+    if data.shortcut is None:
+        del record["shortcut"]
+    return record
 
 
 def train_checkpoint(out: str, model_name: str = "scenenet", model_kwargs: dict | None = None,
