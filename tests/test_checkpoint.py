@@ -36,7 +36,7 @@ from dissectjax.errors import DissectError
 from dissectjax.models import build_model
 
 STRONG = [os.path.join(bundled_checkpoints(), name) for name in ("scenenet-strong", "scenenet-strong-seed1")]
-COMMITTED = [demo_checkpoint(), os.path.join(bundled_checkpoints(), "scenenet-seed1"), *STRONG]
+COMMITTED = [os.path.join(bundled_checkpoints(), name) for name in ("scenenet", "scenenet-seed1")] + STRONG
 
 
 def copy(tmp_path, name="ckpt"):

@@ -146,7 +146,7 @@ def add_parsers(sub) -> None:
     d = sub.add_parser("demo", help="dissect the committed scene classifier and a random-init twin")
     d.add_argument("--out", default="dissectjax-demo", help="output directory (default: %(default)s)")
     d.add_argument("--images", type=positive_int, default=PROBE_SIZE, help="probe images (default: %(default)s)")
-    d.add_argument("--checkpoint", help="checkpoint directory (default: checkpoints/scenenet)")
+    d.add_argument("--checkpoint", help="checkpoint directory (default: checkpoints/scenenet-strong)")
     d.add_argument(
         "--batch-size", type=positive_int, default=DEMO_BATCH, help="images per device and batch (default: %(default)s)"
     )
