@@ -5,15 +5,6 @@ from __future__ import annotations
 import os
 import sys
 
-# One persistent XLA compilation cache for the whole run: both xdist workers and every CLI
-# subprocess a test starts (they inherit the environment) compile each program once. Set
-# before JAX is imported; an explicit JAX_COMPILATION_CACHE_DIR in the environment wins.
-os.environ.setdefault(
-    "JAX_COMPILATION_CACHE_DIR",
-    os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "jax-compilation")),
-)
-os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.1")
-
 import numpy as np
 import pytest
 

@@ -15,6 +15,7 @@ saved as a checkpoint and its cost counted (:func:`changed_parameters`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Mapping, Sequence
 
@@ -143,36 +144,34 @@ def unit_parameter_mask(model, variables: Mapping, layer: str, units: Sequence[i
 def finetune(model, variables: Mapping, images: np.ndarray, labels: np.ndarray, mask: Mapping | None = None,
              steps: int = 50, learning_rate: float = 1e-3, seed: int = 0, batch: int = 64) -> dict:  # fmt: skip
     """``steps`` of Adam on the cross-entropy of (images, labels), in evaluation mode (batch
-    statistics frozen), updating only the parameters where ``mask`` is 1 (all where None)."""
+    statistics frozen), updating only the parameters where ``mask`` is 1 (all where None).
+    One compiled step serves every mask of a model (the whole network is an all-ones mask)."""
     if len(images) == 0:
         raise DissectError("fine-tuning needs at least one example")
     params = variables["params"]
-    optimizer = optax.adam(learning_rate)
-    if mask is not None:
-        optimizer = optax.chain(optimizer, _masked_updates(mask))
-    state = optimizer.init(params)
+    if mask is None:
+        mask = jax.tree.map(jnp.ones_like, params)
     rest = {k: v for k, v in variables.items() if k != "params"}
-
-    @jax.jit
-    def step(params, state, x, y):
-        def loss(p):
-            logits = model.apply({**rest, "params": p}, x)
-            return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-
-        grads = jax.grad(loss)(params)
-        updates, state = optimizer.update(grads, state, params)
-        return optax.apply_updates(params, updates), state
-
+    state = optax.adam(learning_rate).init(params)
     rng = np.random.default_rng(seed)
     for _ in range(steps):
         pick = rng.choice(len(images), size=min(batch, len(images)), replace=False)
-        params, state = step(params, state, jnp.asarray(images[pick]), jnp.asarray(labels[pick]))
+        params, state = _finetune_step(model, learning_rate, rest, params, state, mask, jnp.asarray(images[pick]),
+                                       jnp.asarray(labels[pick]))  # fmt: skip
     return {**variables, "params": params}
 
 
-def _masked_updates(mask: Mapping) -> optax.GradientTransformation:
-    """Multiplies every update by ``mask`` (0/1 of the same structure): frozen entries never move."""
-    return optax.stateless(lambda updates, _params: jax.tree.map(lambda u, m: u * m, updates, mask))
+@functools.partial(jax.jit, static_argnames=("model", "learning_rate"))
+def _finetune_step(model, learning_rate, rest, params, state, mask, images, labels):
+    """One masked Adam step: frozen entries (mask 0) never move."""
+
+    def loss(p):
+        logits = model.apply({**rest, "params": p}, images)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+    updates, state = optax.adam(learning_rate).update(jax.grad(loss)(params), state, params)
+    updates = jax.tree.map(lambda u, m: u * m, updates, mask)
+    return optax.apply_updates(params, updates), state
 
 
 # ---- measuring a fix --------------------------------------------------------------------------

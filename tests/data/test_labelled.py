@@ -100,7 +100,7 @@ def test_fit_image_resizes_the_shorter_side_and_crops_the_center():
 
 def test_errors_name_the_problem(folders, tmp_path):
     root, _, _ = folders
-    with pytest.raises(DissectError, match=r"neither 'synthetic', 'digits', 'tfds:NAME\[:SPLIT\]' nor an existing"):
+    with pytest.raises(DissectError, match=r"neither 'synthetic', 'shifted:SCENE:COLOR\[:P\]', 'digits', 'tfds:NAME"):
         open_labelled(str(tmp_path / "missing"), "eval", None, RGB32, 20)
     with pytest.raises(DissectError, match="unknown labelled split 'test'; splits: rank, eval"):
         open_labelled(root, "test", None, RGB32, 20)

@@ -16,7 +16,7 @@ LAYERS = ["conv4", "conv5"]
 def dissections(tmp_path_factory):
     model, trained, meta = load_checkpoint(CHECKPOINT)
     shape = tuple(meta["input_shape"])
-    probe = BrodenDataset(synthetic.ensure_broden(synthetic.SyntheticConfig(size=400, seed=1),
+    probe = BrodenDataset(synthetic.ensure_broden(synthetic.SyntheticConfig(size=200, seed=1),
                                                   cache_dir=str(tmp_path_factory.mktemp("cache"))))  # fmt: skip
     config = DissectConfig(batch_size=100)
     return {
