@@ -12,7 +12,7 @@ from dissectjax.data.labelled import open_labelled
 from dissectjax.evaluate import predict
 
 CHECKPOINT = demo_checkpoint()
-SMALL = ["--images", "48", "--probe", "synthetic:60", "--steps", "2", "--examples", "8", "--random-draws", "1",
+SMALL = ["--images", "32", "--probe", "synthetic:40", "--steps", "1", "--examples", "4", "--random-draws", "1",
          "--quiet"]  # fmt: skip
 
 
@@ -25,8 +25,8 @@ def test_debug_writes_blame_fixes_and_a_report(tmp_path, capsys):
     assert names == ["original", "zero top-3", "mean top-3", "rescale top-3", "finetune top-3",
                      "zero random-3 (draw 1)", "finetune whole network"]  # fmt: skip
     model, variables, _ = load_checkpoint(CHECKPOINT)
-    shifted = open_labelled("shifted:playroom:pink", "eval", 48, (64, 64, 3), 12)
-    clean = open_labelled("synthetic", "eval", 48, (64, 64, 3), 12)
+    shifted = open_labelled("shifted:playroom:pink", "eval", 32, (64, 64, 3), 12)
+    clean = open_labelled("synthetic", "eval", 32, (64, 64, 3), 12)
     original = fixes[0]
     assert float(original["failing_accuracy"]) == 0.0 and float(original["agreement"]) == 1.0
     assert float(original["shifted_accuracy"]) == pytest.approx(np.mean(predict(model, variables, shifted.images)
