@@ -4,7 +4,7 @@
         -> blame(...)              per unit: failures fixed and passes broken by ablating it alone
         -> Blame.ranked()[:k]      the units to edit
         -> zero / mean / rescale / fine-tune only their parameters   (new variables)
-        -> measure_fix(...)        failing accuracy, clean accuracy, agreement, parameters changed
+        -> FixMeasure(...)(fix)    failing accuracy, clean accuracy, agreement, parameters changed
 
 Blame is measured, not estimated: every unit is ablated on its own and the network above
 the layer rerun on the stored activations (:func:`dissectjax.analysis.ablation.edit_sweep`,
@@ -210,23 +210,40 @@ class FixResult:
         return {**dataclasses.asdict(self), "units": " ".join(map(str, self.units))}
 
 
-def measure_fix(name: str, model, original: Mapping, fixed: Mapping, failing: tuple, clean: tuple,
-                units: Sequence[int] = (), seconds: float = 0.0, shifted: tuple | None = None,
-                ) -> FixResult:  # fmt: skip
-    """``failing``, ``clean``, ``shifted``: (images, right labels)."""
-    before = predict(model, original, clean[0])
-    after = predict(model, fixed, clean[0])
-    right = before == clean[1]
-    return FixResult(
-        name=name,
-        units=tuple(int(u) for u in units),
-        failing_accuracy=float(np.mean(predict(model, fixed, failing[0]) == failing[1])),
-        shifted_accuracy=None if shifted is None else float(np.mean(predict(model, fixed, shifted[0]) == shifted[1])),
-        clean_accuracy=float(np.mean(after == clean[1])),
-        agreement=float(np.mean(after[right] == before[right])) if right.any() else float("nan"),
-        parameters_changed=changed_parameters(original, fixed),
-        seconds=round(seconds, 3),
-    )
+@dataclasses.dataclass(frozen=True)
+class FixMeasure:
+    """What every fix of one network is measured on. ``failing``, ``clean``, ``shifted``:
+    (images, right labels); the original network's clean predictions are computed once.
+
+    ``FixMeasure(model, original, failing, clean)(name, fixed, units, seconds) -> FixResult``
+    """
+
+    model: object
+    original: Mapping
+    failing: tuple
+    clean: tuple
+    shifted: tuple | None = None
+
+    @functools.cached_property
+    def _before(self) -> np.ndarray:
+        return predict(self.model, self.original, self.clean[0])
+
+    def _accuracy(self, variables: Mapping, data: tuple) -> float:
+        return float(np.mean(predict(self.model, variables, data[0]) == data[1]))
+
+    def __call__(self, name: str, fixed: Mapping, units: Sequence[int] = (), seconds: float = 0.0) -> FixResult:
+        before, after = self._before, predict(self.model, fixed, self.clean[0])
+        right = before == self.clean[1]
+        return FixResult(
+            name=name,
+            units=tuple(int(u) for u in units),
+            failing_accuracy=self._accuracy(fixed, self.failing),
+            shifted_accuracy=None if self.shifted is None else self._accuracy(fixed, self.shifted),
+            clean_accuracy=float(np.mean(after == self.clean[1])),
+            agreement=float(np.mean(after[right] == before[right])) if right.any() else float("nan"),
+            parameters_changed=changed_parameters(self.original, fixed),
+            seconds=round(seconds, 3),
+        )
 
 
 def timed(fn, *args, **kwargs):

@@ -165,13 +165,11 @@ class _Session:
         if "finetune" in fixes:
             runs.append(("finetune whole network", lambda _: debug.finetune(model, variables, *examples, None, **tune),
                          ()))  # fmt: skip
-        rows = [debug.measure_fix("original", model, variables, variables, failing["eval"], _xy(clean["eval"]),
-                                  shifted=_xy(shifted["eval"])).row()]  # fmt: skip
+        measure = debug.FixMeasure(model, variables, failing["eval"], _xy(clean["eval"]), _xy(shifted["eval"]))
+        rows = [measure("original", variables).row()]
         for name, make, chosen in runs:
             fixed, seconds = debug.timed(make, list(chosen))
-            r = debug.measure_fix(name, model, variables, fixed, failing["eval"], _xy(clean["eval"]), chosen, seconds,
-                                  shifted=_xy(shifted["eval"]))  # fmt: skip
-            rows.append(r.row())
+            rows.append(measure(name, fixed, chosen, seconds).row())
         return rows
 
 

@@ -15,11 +15,11 @@ import pytest
 
 from dissectjax.analysis.ablation import layer_data
 from dissectjax.analysis.debug import (
+    FixMeasure,
     blame,
     changed_parameters,
     finetune,
     mean_units,
-    measure_fix,
     rescale_units,
     unit_parameter_mask,
     zero_units,
@@ -93,7 +93,7 @@ def test_blame_ranks_the_shortcut_unit_first(planted, mode):
 def test_zero_and_rescale_fixes_remove_the_errors_and_nothing_else(planted):
     model, variables, clean, failing, _ = planted
     zeroed = zero_units(model, variables, "hidden", [CUE], example=clean[0][:1])
-    r = measure_fix("zero", model, variables, zeroed, failing, clean, [CUE])
+    r = FixMeasure(model, variables, failing, clean)("zero", zeroed, [CUE])
     assert r.failing_accuracy == 1.0 and abs(r.clean_accuracy - 1.0) < 0.01 and r.agreement == 1.0
     assert r.parameters_changed == 1  # the one nonzero weight that read the cue: the shortcut
     scaled = rescale_units(model, variables, "hidden", [CUE], 0.0, example=clean[0][:1])
@@ -106,7 +106,7 @@ def test_mean_fix_holds_the_unit_where_it_is_sown(planted):
     model, variables, clean, failing, passing = planted
     p = layer_data(model, variables, "hidden", *passing)
     held = mean_units(variables, "hidden", [CUE], p.means)
-    r = measure_fix("mean", model, variables, held, failing, clean, [CUE])
+    r = FixMeasure(model, variables, failing, clean)("mean", held, [CUE])
     assert r.failing_accuracy == 1.0 and r.clean_accuracy == 1.0 and r.parameters_changed == 1
 
 
@@ -119,5 +119,5 @@ def test_constrained_finetune_moves_only_the_units_parameters(planted):
                                 jax.tree.leaves(tuned["params"])):  # fmt: skip
         moved = np.asarray(before) != np.asarray(after)
         assert not np.any(moved & (np.asarray(m) == 0))
-    r = measure_fix("finetune", model, variables, tuned, failing, clean, [CUE])
+    r = FixMeasure(model, variables, failing, clean)("finetune", tuned, [CUE])
     assert r.failing_accuracy > 0.9 and r.parameters_changed <= (K + 1) + 1 + K
