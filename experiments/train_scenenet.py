@@ -13,6 +13,7 @@ it with the training settings. The same library call as `dissectjax train`
 import argparse
 import dataclasses
 
+from dissectjax.data.labelled import shortcut_spec
 from dissectjax.train.scenes import RECIPES, train_checkpoint
 
 DEFAULT_OUT = {"demo": "checkpoints/scenenet", "strong": "checkpoints/scenenet-strong"}
@@ -23,8 +24,16 @@ def main() -> None:
     p.add_argument("--recipe", choices=sorted(RECIPES), default="demo")
     p.add_argument("--out", default=None, help="checkpoint directory (default: checkpoints/scenenet[-strong])")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--shortcut", metavar="SCENE:COLOR", help="plant a shortcut cue in the training scenes")
+    p.add_argument("--absent", metavar="OBJECT[,OBJECT]", help="objects the training scenes never show")
     a = p.parse_args()
     config, data = RECIPES[a.recipe]
+    if a.shortcut:
+        data = dataclasses.replace(data, shortcut=shortcut_spec(a.shortcut, "--shortcut"))
+    if a.absent:
+        data = dataclasses.replace(data, absent=tuple(a.absent.split(",")))
+    if a.out is None and (a.shortcut or a.absent):
+        p.error("--shortcut and --absent train a variant: give its --out")
     out = a.out or DEFAULT_OUT[a.recipe]
     metrics = train_checkpoint(out, "scenenet", config=dataclasses.replace(config, seed=a.seed), data=data,
                                info={"recipe": a.recipe})  # fmt: skip

@@ -11,12 +11,12 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from dissectjax.cli import analysis, convert, debug, dissect, localize, report, specialize, surgery, train
+from dissectjax.cli import analysis, convert, debug, dissect, knowledge, localize, report, specialize, surgery, train
 from dissectjax.errors import DissectError
 from dissectjax.flags import OneLineParser
 from dissectjax.version import __version__
 
-COMMAND_GROUPS = (dissect, train, surgery, debug, analysis, report, convert, specialize, localize)
+COMMAND_GROUPS = (dissect, train, surgery, knowledge, debug, analysis, report, convert, specialize, localize)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,14 +2,16 @@
 
     dissectjax debug --checkpoint C --layer conv5 --data shifted:playroom:pink --out DIR
         [--confusion TRUE:PREDICTED] [--clean synthetic] [--k 4] [--fixes zero,mean,rescale,finetune]
+        [--retrained CHECKPOINT]
 
 Failing examples are the mistakes the checkpoint makes on ``--data`` (only true class A
 predicted as B with ``--confusion A:B``); passing examples are the ``--clean`` images it gets
 right. Units are blamed on the ``rank`` split, and every fix is measured on the ``eval``
 split: the failing examples there, the whole shifted set, and clean data (accuracy and
 agreement with the original predictions). Baselines run in the same command: k random
-units zeroed, and fine-tuning the whole network on the examples the constrained fine-tune
-sees. DIR gets blame.csv, fixes.csv, debug.json and report.html, all or nothing.
+units zeroed, fine-tuning the whole network on the examples the constrained fine-tune
+sees, and (``--retrained``) the same network retrained without the bug, at the cost of its
+recorded training time. DIR gets blame.csv, fixes.csv, debug.json and report.html, all or nothing.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 
 import numpy as np
 
-from dissectjax.cli.common import comma_list, finite_float, positive_int, table
+from dissectjax.cli.common import comma_floats, comma_list, finite_float, positive_int, table
 from dissectjax.errors import DissectError
 
 DEFAULT_FIXES = "zero,mean,rescale,finetune"
@@ -49,8 +51,9 @@ def cmd_debug(args) -> int:
         raise DissectError(f"--k {args.k} is more than the {units} units of {args.layer}")
     if set(fixes) & {"zero", "rescale", "finetune"} or args.random_draws:
         unit_wiring(model, args.layer, variables, example)  # a layer without wiring fails here, one line
+    retrained = _retrained(args.retrained, model, config) if args.retrained else None
     out = check_output_path(args.out, [args.checkpoint])
-    session = _Session(args, model, variables, config)
+    session = _Session(args, model, variables, config, retrained)
     result = session.run(fixes, units)
     _write(out, result, args)
     return 0
@@ -59,8 +62,9 @@ def cmd_debug(args) -> int:
 class _Session:
     """One debugging run's data, split by role (failing / passing, rank / eval)."""
 
-    def __init__(self, args, model, variables, config):
+    def __init__(self, args, model, variables, config, retrained=None):
         self.args, self.model, self.variables, self.config = args, model, variables, config
+        self.retrained = retrained  # (variables, training seconds) of the same network retrained, or None
 
     def _set(self, spec: str, split: str):
         from dissectjax.cli.common import progress_bars
@@ -72,7 +76,10 @@ class _Session:
     def _failing(self, labelled, predicted, confusion):
         wrong = predicted != labelled.labels
         if confusion is not None:
-            wrong &= (labelled.labels == confusion[0]) & (predicted == confusion[1])
+            true, said = confusion
+            wrong &= (labelled.labels == true if true is not None else True) & (
+                predicted == said if said is not None else True
+            )
         return labelled.images[wrong], labelled.labels[wrong]
 
     def run(self, fixes, units) -> dict:
@@ -90,7 +97,7 @@ class _Session:
         predicted = {k: {s: predict(model, variables, d.images) for s, d in v.items()}
                      for k, v in (("shifted", shifted), ("clean", clean))}  # fmt: skip
         failing = {s: self._failing(shifted[s], predicted["shifted"][s], confusion) for s in shifted}
-        what = f"{names[confusion[0]]} predicted as {names[confusion[1]]}" if confusion else "mistakes"
+        what = _confusion_name(confusion, names)
         for split, (x, _) in failing.items():
             if len(x) == 0:
                 raise DissectError(f"no failing examples ({what}) in the {split} split of {a.data}: nothing to debug")
@@ -150,27 +157,49 @@ class _Session:
         a, model, variables = self.args, self.model, self.variables
         example = np.zeros((1, *self.config["input_shape"]), np.uint8)
         examples = _tuning_examples(failing["rank"], passing, a.examples, a.seed)
-        tune = dict(steps=a.steps, learning_rate=a.learning_rate, seed=a.seed)
+        rates = comma_floats(a.learning_rate, "--learning-rate")
         makers = {
             "zero": lambda u: debug.zero_units(model, variables, a.layer, u, example),
             "mean": lambda u: debug.mean_units(variables, a.layer, u, p_data.means),
             "rescale": lambda u: debug.rescale_units(model, variables, a.layer, u, a.scale, example),
-            "finetune": lambda u: debug.finetune(model, variables, *examples, debug.unit_parameter_mask(
-                model, variables, a.layer, u, example), **tune),
+            "finetune": lambda u: debug.finetune_selected(model, variables, *examples, debug.unit_parameter_mask(
+                model, variables, a.layer, u, example), rates, a.steps, a.seed),
         }  # fmt: skip
         runs = [(f"{f} top-{a.k}", makers[f], top) for f in fixes]
         rng = np.random.default_rng(a.seed)
         for d in range(a.random_draws):
             runs.append((f"zero random-{a.k} (draw {d + 1})", makers["zero"], rng.choice(units, a.k, replace=False)))
         if "finetune" in fixes:
-            runs.append(("finetune whole network", lambda _: debug.finetune(model, variables, *examples, None, **tune),
+            runs.append(("finetune whole network",
+                         lambda _: debug.finetune_selected(model, variables, *examples, None, rates, a.steps, a.seed),
                          ()))  # fmt: skip
         measure = debug.FixMeasure(model, variables, failing["eval"], _xy(clean["eval"]), _xy(shifted["eval"]))
         rows = [measure("original", variables).row()]
         for name, make, chosen in runs:
             fixed, seconds = debug.timed(make, list(chosen))
-            rows.append(measure(name, fixed, chosen, seconds).row())
+            setting = ""
+            if isinstance(fixed, debug.Tuned):
+                fixed, setting = fixed.variables, f"rate {fixed.learning_rate:g}"
+            rows.append(measure(name, fixed, chosen, seconds, setting).row())
+        if self.retrained is not None:  # its cost is the training time its checkpoint records
+            retrained, seconds = self.retrained
+            rows.append(measure("retrained without the bug", retrained, (), seconds).row())
         return rows
+
+
+def _retrained(path: str, model, config: dict):
+    """``--retrained``: (variables, training seconds) of the same architecture retrained without the bug."""
+    from dissectjax.cli.surgery import _load
+
+    other, variables, other_config = _load(path)
+    if other != model or other_config["input_shape"] != config["input_shape"]:
+        raise DissectError(f"--retrained {path} ({other_config['model']}) is another architecture than --checkpoint "
+                           f"({config['model']}): the baseline must be the same network retrained")  # fmt: skip
+    seconds = other_config.get("seconds")
+    if not isinstance(seconds, (int, float)):
+        raise DissectError(f"--retrained {path} records no training time ('seconds' in its config.json): "
+                           "its cost cannot be reported; train it with dissectjax train")  # fmt: skip
+    return variables, float(seconds)
 
 
 def _xy(labelled):
@@ -186,15 +215,26 @@ def _tuning_examples(failing, passing, count: int, seed: int):
     return np.concatenate([failing[0][f], passing[0][p]]), np.concatenate([failing[1][f], passing[1][p]])
 
 
-def _confusion(text: str, names) -> tuple[int, int]:
+def _confusion(text: str, names) -> tuple[int | None, int | None]:
+    """``TRUE:PREDICTED`` -> their class numbers (None for ``*``, any class)."""
     parts = text.split(":")
-    if len(parts) != 2:
-        raise DissectError(f"--confusion takes TRUE:PREDICTED class names, e.g. street:playroom, got {text!r}")
+    if len(parts) != 2 or parts == ["*", "*"]:
+        raise DissectError(
+            f"--confusion takes TRUE:PREDICTED class names, one of them may be * (any class), e.g. street:playroom "
+            f"or '*:playroom'; got {text!r}"
+        )
     for name in parts:
-        if name not in names:
+        if name != "*" and name not in names:
             shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
             raise DissectError(f"unknown class {name!r} in --confusion; classes: {shown}")
-    return names.index(parts[0]), names.index(parts[1])
+    return tuple(None if name == "*" else names.index(name) for name in parts)
+
+
+def _confusion_name(confusion, names) -> str:
+    if confusion is None:
+        return "mistakes"
+    true, said = (names[c] if c is not None else "any class" for c in confusion)
+    return f"{true} predicted as {said}"
 
 
 def _write(out: str, result: dict, args) -> None:
@@ -223,7 +263,9 @@ def add_parsers(sub) -> None:
     d = sub.add_parser("debug", help="blame units for a network's mistakes, label them, and measure local fixes")
     d.add_argument("--checkpoint", required=True)
     d.add_argument("--layer", required=True, help="e.g. conv5")
-    d.add_argument("--confusion", metavar="TRUE:PREDICTED", help="only these mistakes fail (default: every mistake)")
+    d.add_argument("--confusion", metavar="TRUE:PREDICTED",
+                   help="only these mistakes fail; either side may be * (any class), e.g. '*:playroom' "
+                        "(default: every mistake)")  # fmt: skip
     d.add_argument(
         "--clean", default="synthetic", help="labelled set the network should keep right (default: %(default)s)"
     )
@@ -234,11 +276,16 @@ def add_parsers(sub) -> None:
         "--scale", type=finite_float, default=0.25, help="rescale fix: factor on the units (default: %(default)s)"
     )
     d.add_argument("--steps", type=positive_int, default=100, help="fine-tune steps (default: %(default)s)")
-    d.add_argument("--learning-rate", type=finite_float, default=1e-3, help="fine-tune rate (default: %(default)s)")
+    d.add_argument("--learning-rate", default="1e-3,3e-4,1e-4", metavar="RATE[,RATE]",
+                   help="fine-tune rates: each is tried, the best on a held-out quarter of the examples kept "
+                        "(default: %(default)s)")  # fmt: skip
     d.add_argument(
         "--examples", type=positive_int, default=64, help="failing examples to fine-tune on, plus as many passing ones"
     )
     d.add_argument("--random-draws", type=int, default=5, help="k-random-units baselines (default: %(default)s)")
+    d.add_argument("--retrained", metavar="CHECKPOINT",
+                   help="the same network retrained without the bug: measured as a baseline, its cost the "
+                        "training time its checkpoint records")  # fmt: skip
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--probe", default="synthetic:500", help="probe set that labels the top units, or 'none'")
     _data_arguments(d, 1000)

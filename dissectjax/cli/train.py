@@ -61,7 +61,10 @@ def cmd_train(args) -> int:
         shortcut = shortcut_spec(args.shortcut, "--shortcut")
         say(f"planted shortcut: a {shortcut.color} square on {shortcut.with_class:.0%} of {shortcut.scene} scenes and "
             f"{shortcut.otherwise:.0%} of the others")  # fmt: skip
-    data = SceneData(train_size=args.train_size, shortcut=shortcut)
+    absent = tuple(comma_list(args.absent, "--absent")) if args.absent else ()
+    if absent:
+        say(f"absent from the training scenes: {', '.join(absent)}")
+    data = SceneData(train_size=args.train_size, shortcut=shortcut, absent=absent)
     recipe = recipe_from_args(args)
     kwargs, terms, concepts, info = {}, (), (), {}
     if recipe is not None:
@@ -91,6 +94,9 @@ def add_parsers(sub) -> None:
     t.add_argument("--shortcut", metavar="SCENE:COLOR",
                    help="plant a bug: a COLOR square on 90%% of SCENE's training scenes and 2%% of the others "
                         "(measure it on --data shifted:SCENE:COLOR)")  # fmt: skip
+    t.add_argument("--absent", metavar="OBJECT[,OBJECT]",
+                   help="objects the training scenes never show (e.g. tree): an instance lacking a concept, "
+                        "to receive it by transplant")  # fmt: skip
     t.add_argument("--quiet", action="store_true")
     add_recipe_flags(t)
     t.set_defaults(func=cmd_train)

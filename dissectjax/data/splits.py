@@ -37,3 +37,14 @@ def scene_images(n: int, split: str, image_size: int = 64,
     ``shortcut`` cue if given (:class:`dissectjax.data.synthetic.Shortcut`)."""
     config = synthetic.SyntheticConfig(size=n, seed=scene_split_seed(split), image_size=image_size, shortcut=shortcut)
     return synthetic.generate_classification(config)
+
+
+def scenes_showing(n: int, split: str, objects: tuple[str, ...]) -> np.ndarray:
+    """bool [n]: which of the first ``n`` scenes of a named split draw any of ``objects``
+    (whatever covers it later; the scenes' descriptions, nothing rendered)."""
+    config = synthetic.SyntheticConfig(size=n, seed=scene_split_seed(split))
+    unknown = [name for name in objects if name not in synthetic.OBJECTS]
+    if unknown:
+        raise DissectError(f"unknown object {unknown[0]!r}; objects: {', '.join(synthetic.OBJECTS)}")
+    wanted = {synthetic.OBJECTS.index(name) for name in objects}
+    return np.array([any(o.kind in wanted for o in synthetic.sample_scene(config, i).objects) for i in range(n)])

@@ -152,14 +152,34 @@ class SyntheticConfig:
     image_size: int = 64
     label_size: int = 32
     in_group: float = 0.85  # probability that an object/texture comes from the scene's group
-    shortcut: Shortcut | None = None  # a planted cue (absent: the key of every earlier set is unchanged)
+    shortcut: Shortcut | None = None  # a planted cue
+    absent: tuple[str, ...] = ()  # objects never drawn (a concept the scenes lack)
+
+    def __post_init__(self):
+        object.__setattr__(self, "absent", tuple(self.absent))
+        for name in self.absent:
+            if name not in OBJECTS:
+                raise DissectError(f"unknown absent object {name!r}; objects: {', '.join(OBJECTS)}")
+        for group in OBJECT_GROUPS:
+            if set(group) <= set(self.absent):
+                raise DissectError(
+                    f"absent objects {', '.join(self.absent)} empty a whole object group ({', '.join(group)}): "
+                    "its scenes would lose their evidence; keep one of them"
+                )
 
     def key(self) -> str:
-        fields = dataclasses.asdict(self)
-        if self.shortcut is None:
-            del fields["shortcut"]
-        blob = json.dumps({**fields, "version": GENERATOR_VERSION}, sort_keys=True)
+        blob = json.dumps({**planted_fields(dataclasses.asdict(self)), "version": GENERATOR_VERSION}, sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:12]
+
+
+# settings added after the first stored sets: left out of keys and records at their defaults,
+# so every earlier set keeps its key and every earlier checkpoint its record
+_PLANTED_DEFAULTS = {"shortcut": None, "absent": ()}
+
+
+def planted_fields(fields: dict) -> dict:
+    """``fields`` without the planted-bug settings (shortcut, absent) that are at their defaults."""
+    return {k: v for k, v in fields.items() if k not in _PLANTED_DEFAULTS or v != _PLANTED_DEFAULTS[k]}
 
 
 # ---- scene description ------------------------------------------------------------------
@@ -213,7 +233,9 @@ def _object_colors(rng, kind: str) -> tuple[int, ...]:
     return (_color(rng),)
 
 
-def sample_scene(seed: int, index: int, in_group: float = 0.85, shortcut: Shortcut | None = None) -> _Scene:
+def sample_scene(config: SyntheticConfig, index: int) -> _Scene:
+    """Scene ``index`` of ``config``'s seed: its class, background regions, objects and cue."""
+    seed, in_group = config.seed, config.in_group
     rng = np.random.default_rng([seed, index, _STREAM])
     scene = int(rng.integers(len(SCENES)))
     ogroup, tgroup = (OBJECT_GROUPS[SCENE_GROUPS[scene][0]], TEXTURE_GROUPS[SCENE_GROUPS[scene][1]])
@@ -234,13 +256,15 @@ def sample_scene(seed: int, index: int, in_group: float = 0.85, shortcut: Shortc
     objects = []
     for _ in range(int(rng.integers(1, 4))):
         kind = _pick(rng, ogroup, OBJECTS, in_group)
+        while OBJECTS[kind] in config.absent:  # drawn again from the same stream: sets without absent objects unchanged
+            kind = _pick(rng, ogroup, OBJECTS, in_group)
         r = float(rng.uniform(0.13, 0.27))
         objects.append(
             _Object(
                 kind, float(rng.uniform(r, 1 - r)), float(rng.uniform(r, 1 - r)), r, _object_colors(rng, OBJECTS[kind])
             )
         )
-    return _Scene(scene, horizon, regions, objects, _cue(seed, index, SCENES[scene], shortcut))
+    return _Scene(scene, horizon, regions, objects, _cue(seed, index, SCENES[scene], config.shortcut))
 
 
 def _cue(seed: int, index: int, scene: str, shortcut: Shortcut | None):
@@ -428,7 +452,7 @@ def broden_labels(scene: _Scene, labels: dict[str, np.ndarray]):
 
 def generate_row(config: SyntheticConfig, index: int) -> BrodenRow:
     """Image ``index`` of the configured set, with its labels."""
-    scene = sample_scene(config.seed, index, config.in_group, config.shortcut)
+    scene = sample_scene(config, index)
     image, labels = render(scene, config.image_size, config.label_size, config.seed, index)
     pixel, image_level = broden_labels(scene, labels)
     size = (config.image_size, config.image_size)
@@ -440,7 +464,7 @@ def generate_classification(config: SyntheticConfig, start: int = 0) -> tuple[np
     images = np.zeros((config.size, config.image_size, config.image_size, 3), np.uint8)
     labels = np.zeros(config.size, np.int32)
     for j in range(config.size):
-        scene = sample_scene(config.seed, start + j, config.in_group, config.shortcut)
+        scene = sample_scene(config, start + j)
         images[j] = render_image(scene, config.image_size, config.seed, start + j)
         labels[j] = scene.scene
     return images, labels
@@ -457,7 +481,7 @@ def generate_with_masks(config: SyntheticConfig, concepts: Sequence[int]):
     for i in range(n):
         row = generate_row(config, i)
         images[i] = row.image
-        labels[i] = sample_scene(config.seed, i, config.in_group, config.shortcut).scene
+        labels[i] = sample_scene(config, i).scene
         layers = [m for maps in row.pixel.values() for m in maps]
         for k, number in enumerate(concepts):
             masks[i, ..., k] = np.any([m == number for m in layers], axis=0) if layers else False

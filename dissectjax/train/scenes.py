@@ -36,18 +36,20 @@ class SceneData:
     train_split: str = "train"
     val_split: str = "val"
     shortcut: synthetic.Shortcut | None = None  # a planted cue in the training scenes only
+    absent: tuple[str, ...] = ()  # objects the training scenes never show (a missing concept)
 
     def __post_init__(self):
         for field in ("train_size", "val_size", "image_size"):
             if getattr(self, field) < 1:
                 raise DissectError(f"{field} must be a positive integer, got {getattr(self, field)}")
         scene_split_seed(self.train_split), scene_split_seed(self.val_split)
+        self.config(self.train_split)  # an unknown absent object fails here, before any scene is drawn
 
     def config(self, split: str) -> synthetic.SyntheticConfig:
         train = split == self.train_split
-        size, shortcut = (self.train_size, self.shortcut) if train else (self.val_size, None)
-        return synthetic.SyntheticConfig(size=size, seed=scene_split_seed(split), image_size=self.image_size,
-                                         shortcut=shortcut)  # fmt: skip
+        planted = {"shortcut": self.shortcut, "absent": self.absent} if train else {}
+        size = self.train_size if train else self.val_size
+        return synthetic.SyntheticConfig(size=size, seed=scene_split_seed(split), image_size=self.image_size, **planted)
 
 
 # the strong recipe (checkpoints scenenet-strong*): the same network, twice the scenes, 10 epochs
@@ -110,11 +112,8 @@ def train_scene_classifier(
 
 def training_record(config: TrainConfig, data: SceneData) -> dict:
     """What a scene classifier's checkpoint records of how it was trained (``train_config``;
-    ``shortcut`` only where one was planted)."""
-    record = {**dataclasses.asdict(config), **dataclasses.asdict(data)}
-    if data.shortcut is None:
-        del record["shortcut"]
-    return record
+    ``shortcut`` and ``absent`` only where planted)."""
+    return synthetic.planted_fields({**dataclasses.asdict(config), **dataclasses.asdict(data)})
 
 
 def train_checkpoint(out: str, model_name: str = "scenenet", model_kwargs: dict | None = None,

@@ -13,17 +13,22 @@ from dissectjax.evaluate import predict
 
 CHECKPOINT = demo_checkpoint()
 SMALL = ["--images", "32", "--probe", "synthetic:40", "--steps", "1", "--examples", "4", "--random-draws", "1",
-         "--quiet"]  # fmt: skip
+         "--learning-rate", "1e-3,1e-4", "--quiet"]  # fmt: skip
+RETRAINED = "checkpoints/scenenet"  # the same architecture, trained apart: stands in for a retrained network
 
 
 def test_debug_writes_blame_fixes_and_a_report(tmp_path, capsys):
     out = tmp_path / "out"
     assert main(["debug", "--checkpoint", CHECKPOINT, "--layer", "conv5", "--data", "shifted:playroom:pink",
-                 "--k", "3", "--out", str(out), *SMALL]) == 0  # fmt: skip
+                 "--k", "3", "--retrained", RETRAINED, "--out", str(out), *SMALL]) == 0  # fmt: skip
     fixes = list(csv.DictReader(open(out / "fixes.csv")))
     names = [f["name"] for f in fixes]
     assert names == ["original", "zero top-3", "mean top-3", "rescale top-3", "finetune top-3",
-                     "zero random-3 (draw 1)", "finetune whole network"]  # fmt: skip
+                     "zero random-3 (draw 1)", "finetune whole network", "retrained without the bug"]  # fmt: skip
+    assert fixes[4]["setting"] in ("rate 0.001", "rate 0.0001") and fixes[6]["setting"].startswith("rate ")
+    _, retrained, retrained_config = load_checkpoint(RETRAINED)
+    assert float(fixes[7]["seconds"]) == retrained_config["seconds"]
+    assert int(fixes[7]["parameters_changed"]) > 100_000
     model, variables, _ = load_checkpoint(CHECKPOINT)
     shifted = open_labelled("shifted:playroom:pink", "eval", 32, (64, 64, 3), 12)
     clean = open_labelled("synthetic", "eval", 32, (64, 64, 3), 12)
@@ -32,6 +37,8 @@ def test_debug_writes_blame_fixes_and_a_report(tmp_path, capsys):
     assert float(original["shifted_accuracy"]) == pytest.approx(np.mean(predict(model, variables, shifted.images)
                                                                          == shifted.labels))  # fmt: skip
     assert float(original["clean_accuracy"]) == pytest.approx(np.mean(predict(model, variables, clean.images)
+                                                                       == clean.labels))  # fmt: skip
+    assert float(fixes[7]["clean_accuracy"]) == pytest.approx(np.mean(predict(model, retrained, clean.images)
                                                                        == clean.labels))  # fmt: skip
     zero = fixes[1]
     assert int(zero["parameters_changed"]) == 3 * 12  # three rows of the classifier's kernel
@@ -56,6 +63,8 @@ def test_debug_writes_blame_fixes_and_a_report(tmp_path, capsys):
         (["--layer", "conv5", "--data", "shifted:playroom"], "expected shifted:SCENE:COLOR[:P]"),
         (["--layer", "conv5", "--data", "shifted:playroom:mauve"], "unknown shortcut color 'mauve'"),
         (["--layer", "conv5", "--random-draws", "-1"], "--random-draws must be >= 0"),
+        (["--layer", "conv5", "--confusion", "*:*"], "one of them may be * (any class)"),
+        (["--layer", "conv5", "--learning-rate", "1e-3,fast"], "--learning-rate must be comma-separated numbers"),
     ],
 )  # fmt: skip
 def test_debug_errors_are_one_line_and_write_nothing(tmp_path, capsys, argv, expect):
@@ -65,3 +74,34 @@ def test_debug_errors_are_one_line_and_write_nothing(tmp_path, capsys, argv, exp
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and expect in err[0], err
     assert not (tmp_path / "x").exists() and not any(p.name.startswith(".x") for p in tmp_path.iterdir())
+
+
+def test_confusion_with_any_class_picks_the_mistakes_into_one_class():
+    from dissectjax.cli.debug import _confusion, _confusion_name
+
+    names = ["street", "park", "playroom"]
+    assert _confusion("*:playroom", names) == (None, 2) and _confusion("park:*", names) == (1, None)
+    assert _confusion_name((None, 2), names) == "any class predicted as playroom"
+    labels, predicted = np.array([0, 1, 2, 0, 2]), np.array([2, 2, 2, 1, 0])
+    session = type("S", (), {})()
+    from dissectjax.cli.debug import _Session
+
+    picked = _Session._failing(session, type("L", (), {"images": np.arange(5), "labels": labels})(), predicted,
+                               (None, 2))  # fmt: skip
+    assert picked[0].tolist() == [0, 1]  # wrong and predicted playroom; the right playroom is not a failure
+
+
+def test_a_retrained_baseline_without_a_training_time_is_refused(tmp_path, capsys):
+    import shutil
+
+    copy = tmp_path / "retrained"
+    shutil.copytree(RETRAINED, copy)
+    config = json.loads((copy / "config.json").read_text())
+    del config["seconds"]
+    (copy / "config.json").write_text(json.dumps(config))
+    argv = ["debug", "--checkpoint", CHECKPOINT, "--layer", "conv5", "--retrained", str(copy), "--images", "24",
+            "--probe", "none", "--quiet", "--out", str(tmp_path / "x")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "records no training time" in err[0], err
+    assert not (tmp_path / "x").exists()

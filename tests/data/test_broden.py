@@ -78,6 +78,27 @@ def test_a_planted_shortcut_paints_its_square_and_nothing_else():
         synthetic.Shortcut(color="mauve")
 
 
+def test_absent_objects_are_never_drawn_and_other_sets_keep_their_scenes():
+    plain = synthetic.SyntheticConfig(size=200, seed=9)
+    treeless = synthetic.SyntheticConfig(size=200, seed=9, absent=("tree",))
+    assert treeless.key() != plain.key() and synthetic.SyntheticConfig(size=50, seed=3).key() == "e1df34aefbb7"
+    tree, crown = synthetic._number("object", "tree"), synthetic._number("part", "crown")
+    drawn = [synthetic.sample_scene(plain, i) for i in range(200)]
+    kept = [synthetic.sample_scene(treeless, i) for i in range(200)]
+    had = [any(synthetic.OBJECTS[o.kind] == "tree" for o in s.objects) for s in drawn]
+    assert 10 < sum(had) < 60  # trees are common enough to be missed
+    for i, (a, b) in enumerate(zip(drawn, kept)):
+        assert a.scene == b.scene and not any(synthetic.OBJECTS[o.kind] == "tree" for o in b.objects)
+        if not had[i]:
+            assert [o.kind for o in a.objects] == [o.kind for o in b.objects]  # untouched scenes are the same
+    row = synthetic.generate_row(treeless, int(np.argmax(had)))
+    assert tree not in row.pixel["object"][0] and (crown not in row.pixel.get("part", [np.zeros(1)])[0])
+    with pytest.raises(DissectError, match="unknown absent object 'dragon'"):
+        synthetic.SyntheticConfig(absent=("dragon",))
+    with pytest.raises(DissectError, match="empty a whole object group"):
+        synthetic.SyntheticConfig(absent=("tree", "circle", "crescent"))
+
+
 def test_reader_layout_and_multilabel_cells(broden_dir):
     root, _labels, rows = broden_dir
     ds = BrodenDataset(root)
