@@ -66,8 +66,11 @@ def demo_checkpoint() -> str:
 
 
 def init_variables(model: nn.Module, input_shape, seed: int = 0):
-    """Freshly initialized variables for a batch of ``input_shape`` [H, W, C] images."""
-    return model.init(jax.random.PRNGKey(seed), jnp.zeros((1, *input_shape), jnp.uint8))
+    """Freshly initialized variables for a batch of ``input_shape`` [H, W, C] images.
+
+    Compiled: the same values as the eager ``model.init`` (tested), in a fraction of its
+    time for a deep network, whose eager initializers dispatch op by op."""
+    return jax.jit(model.init)(jax.random.PRNGKey(seed), jnp.zeros((1, *input_shape), jnp.uint8))
 
 
 # ---- arrays by path, and their checksums ------------------------------------------------------

@@ -13,12 +13,16 @@ import pytest
 from conftest import CHECKPOINT, random_broden
 
 
+def dissect_argv(out, dataset, source_args, extra_args=()):
+    return ["dissect", "--dataset", dataset, "--out", str(out), *source_args, "--batch-size", "8", "--quantile", "0.02",
+            "--quiet", "--no-resume", *extra_args]  # fmt: skip
+
+
 def dissect_cli(out, dataset, source_args, devices, extra_env=None, extra_args=()):
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env.update(extra_env or {})
-    argv = [sys.executable, "-m", "dissectjax", "dissect", "--dataset", dataset, "--out", str(out), *source_args,
-            "--batch-size", "8", "--quantile", "0.02", "--quiet", "--no-resume", *extra_args]  # fmt: skip
+    argv = [sys.executable, "-m", "dissectjax", *dissect_argv(out, dataset, source_args, extra_args)]
     return subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -74,18 +78,27 @@ def free_port() -> int:
 @pytest.fixture(scope="module", params=sorted(SOURCES))
 def runs(request, workload, tmp_path_factory):
     """One source dissected on 1 device, on 8 devices (stored activations), and by 2 processes
-    of 4 devices, all launched at once: {name: output directory}."""
+    of 4 devices, all launched at once: {name: output directory}. The trained checkpoint's
+    single-device run is this test process (one CPU device), while the others run."""
+    from dissectjax.cli import main
+
     root, acts = workload
     kind = request.param
     tmp = tmp_path_factory.mktemp(kind)
     port = free_port()
+    in_process = kind not in EIGHT_DEVICES
     procs = [
-        dissect_cli(tmp / "single", root, SOURCES[kind](acts), 1),
+        *([] if in_process else [dissect_cli(tmp / "single", root, SOURCES[kind](acts), 1)]),
         *([dissect_cli(tmp / "d8", root, SOURCES[kind](acts), 8)] if kind in EIGHT_DEVICES else []),
         *(dissect_cli(tmp / "multi", root, SOURCES[kind](acts), 4,
                       extra_args=["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)])
           for i in range(2)),
     ]  # fmt: skip
+    if in_process:
+        import jax
+
+        assert jax.device_count() == 1, "the test process must see one device"
+        assert main(dissect_argv(tmp / "single", root, SOURCES[kind](acts))) == 0
     for p in procs:
         finish(p)
     return kind, tmp
@@ -102,18 +115,13 @@ def test_two_processes_of_four_devices_equal_one_device(runs):
     assert_identical(tmp / "single", tmp / "multi", LAYERS[kind])
 
 
-def test_a_layer_does_not_depend_on_the_layers_dissected_with_it(workload):
+@pytest.mark.parametrize("runs", ["trained"], indirect=True)
+def test_a_layer_does_not_depend_on_the_layers_dissected_with_it(runs, workload, tmp_path):
     """Every sown layer comes out of one compiled program, whichever are asked for: conv5
     dissected alone equals conv5 dissected with conv3 (in this process, on one device)."""
-    from dissectjax.checkpoint import load_checkpoint
-    from dissectjax.data.broden import BrodenDataset
-    from dissectjax.dissect import DissectConfig, dissect
-    from dissectjax.dissect.sources import ModelSource
+    from dissectjax.cli import main
 
-    model, variables, meta = load_checkpoint(CHECKPOINT)
-    ds = BrodenDataset(workload[0])
-    config = DissectConfig(batch_size=8)
-    alone = dissect(ModelSource(model, variables, ["conv5"], tuple(meta["input_shape"])), ds, config)["conv5"]
-    both = dissect(ModelSource(model, variables, ["conv3", "conv5"], tuple(meta["input_shape"])), ds, config)["conv5"]
-    for field in ("thresholds", "intersection", "unit_area", "concept_area", "top_images", "top_activations"):
-        np.testing.assert_array_equal(getattr(alone, field), getattr(both, field), err_msg=field)
+    _, tmp = runs
+    alone = ["--checkpoint", CHECKPOINT, "--layers", "conv5"]
+    assert main(dissect_argv(tmp_path / "alone", workload[0], alone)) == 0
+    assert_identical(tmp / "single", tmp_path / "alone", ["conv5"])

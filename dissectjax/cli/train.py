@@ -64,7 +64,7 @@ def cmd_train(args) -> int:
     absent = tuple(comma_list(args.absent, "--absent")) if args.absent else ()
     if absent:
         say(f"absent from the training scenes: {', '.join(absent)}")
-    data = SceneData(train_size=args.train_size, shortcut=shortcut, absent=absent)
+    data = SceneData(train_size=args.train_size, val_size=args.val_size, shortcut=shortcut, absent=absent)
     recipe = recipe_from_args(args)
     kwargs, terms, concepts, info = {}, (), (), {}
     if recipe is not None:
@@ -89,6 +89,8 @@ def add_parsers(sub) -> None:
     t.add_argument("--seed", type=seed, default=SCENE_TRAINING.seed)
     t.add_argument("--epochs", type=positive_int, default=SCENE_TRAINING.epochs)
     t.add_argument("--train-size", type=positive_int, default=SceneData.train_size)
+    t.add_argument("--val-size", type=positive_int, default=SceneData.val_size,
+                   help="validation scenes measured after every epoch (default: %(default)s)")  # fmt: skip
     t.add_argument("--batch-size", type=positive_int, default=SCENE_TRAINING.batch_size)
     t.add_argument("--learning-rate", type=finite_float, default=SCENE_TRAINING.learning_rate)
     t.add_argument("--shortcut", metavar="SCENE:COLOR",

@@ -23,7 +23,7 @@ PROBE, HELD, HELD_SEED = "synthetic:200", 60, 201
 @pytest.fixture(scope="module")
 def compared(tmp_path_factory):
     root = tmp_path_factory.mktemp("modularity")
-    tiny = ["--train-size", "128", "--epochs", "1", "--quiet"]
+    tiny = ["--train-size", "128", "--val-size", "64", "--epochs", "1", "--quiet"]
     assert main(["train", "--out", str(root / "base"), *tiny]) == 0
     assert main(["train", "--out", str(root / "sup"), "--concepts", ",".join(TARGETS), "--concept-weight", "0.5",
                  *tiny]) == 0  # fmt: skip

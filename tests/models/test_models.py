@@ -70,6 +70,9 @@ def test_capture_reads_any_submodule():
     model = Plain()
     x = jnp.asarray(np.random.default_rng(0).integers(0, 255, (2, 8, 8, 3)), jnp.uint8)
     variables = model.init(jax.random.PRNGKey(0), x)
+    compiled = init_variables(model, x.shape[1:])  # the compiled init gives the eager values
+    for a, b in zip(jax.tree.leaves(variables), jax.tree.leaves(compiled)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     assert {"stem", "block", "block/inner"} <= set(layer_shapes(model, variables, x))
     fn = jax.jit(activation_fn(model, variables, ["stem", "block/inner", "Dense_0"], x))
     out = fn(variables, x)
