@@ -50,7 +50,15 @@ def cmd_debug(args) -> int:
     if args.k > units:
         raise DissectError(f"--k {args.k} is more than the {units} units of {args.layer}")
     if set(fixes) & {"zero", "rescale", "finetune"} or args.random_draws:
-        unit_wiring(model, args.layer, variables, example)  # a layer without wiring fails here, one line
+        w = unit_wiring(model, args.layer, variables, example)  # a layer without wiring fails here, one line
+        folding = sorted({"zero", "rescale"} & set(fixes))
+        folding += ["the random-unit baselines"] if args.random_draws else []
+        if w.fold_refused and folding:
+            raise DissectError(f"{', '.join(folding)} edit {args.layer}'s units in the weights that read them, which "
+                               f"cannot stand for the units here: {w.fold_refused}; use --fixes mean,finetune "
+                               "--random-draws 0")  # fmt: skip
+    if args.failing and args.confusion:
+        raise DissectError("--confusion picks failing examples out of --data; with --failing, the file's images fail")
     retrained = _retrained(args.retrained, model, config) if args.retrained else None
     out = check_output_path(args.out, [args.checkpoint])
     session = _Session(args, model, variables, config, retrained)
@@ -90,18 +98,24 @@ class _Session:
         a, model, variables = self.args, self.model, self.variables
         if not isinstance(getattr(model, "num_classes", None), int):
             raise DissectError(f"the checkpoint's model ({type(model).__name__}) has no num_classes: not a classifier")
-        shifted = {split: self._set(a.data, split) for split in ("rank", "eval")}
         clean = {split: self._set(a.clean, split) for split in ("rank", "eval")}
-        names = shifted["rank"].class_names
-        confusion = _confusion(a.confusion, names) if a.confusion else None
-        predicted = {k: {s: predict(model, variables, d.images) for s, d in v.items()}
-                     for k, v in (("shifted", shifted), ("clean", clean))}  # fmt: skip
-        failing = {s: self._failing(shifted[s], predicted["shifted"][s], confusion) for s in shifted}
-        what = _confusion_name(confusion, names)
-        for split, (x, _) in failing.items():
-            if len(x) == 0:
-                raise DissectError(f"no failing examples ({what}) in the {split} split of {a.data}: nothing to debug")
-        right = predicted["clean"]["rank"] == clean["rank"].labels
+        if a.failing:  # the user's own failing images, halved into rank and eval; no shifted set
+            shifted = None
+            failing = _failing_file(a.failing, tuple(self.config["input_shape"]), model.num_classes, a.seed)
+            what = f"the images of {a.failing}"
+        else:
+            shifted = {split: self._set(a.data, split) for split in ("rank", "eval")}
+            names = shifted["rank"].class_names
+            confusion = _confusion(a.confusion, names) if a.confusion else None
+            predicted = {s: predict(model, variables, d.images) for s, d in shifted.items()}
+            failing = {s: self._failing(shifted[s], predicted[s], confusion) for s in shifted}
+            what = _confusion_name(confusion, names)
+            for split, (x, _) in failing.items():
+                if len(x) == 0:
+                    raise DissectError(
+                        f"no failing examples ({what}) in the {split} split of {a.data}: nothing to debug"
+                    )
+        right = predict(model, variables, clean["rank"].images) == clean["rank"].labels
         passing = (clean["rank"].images[right], clean["rank"].labels[right])
         say = (lambda _: None) if a.quiet else (lambda m: print(m, file=sys.stderr))
         say(f"{len(failing['rank'][1])} failing ({what}) and {len(passing[1])} passing rank examples; blaming the "
@@ -123,7 +137,7 @@ class _Session:
                 "units": units,
                 "k": a.k,
                 "failing": what,
-                "data": shifted["eval"].source,
+                "data": a.failing if shifted is None else shifted["eval"].source,
                 "clean": clean["eval"].source,
                 "failing_rank": len(failing["rank"][1]),
                 "failing_eval": len(failing["eval"][1]),
@@ -173,7 +187,8 @@ class _Session:
             runs.append(("finetune whole network",
                          lambda _: debug.finetune_selected(model, variables, *examples, None, rates, a.steps, a.seed),
                          ()))  # fmt: skip
-        measure = debug.FixMeasure(model, variables, failing["eval"], _xy(clean["eval"]), _xy(shifted["eval"]))
+        measure = debug.FixMeasure(model, variables, failing["eval"], _xy(clean["eval"]),
+                                   None if shifted is None else _xy(shifted["eval"]))  # fmt: skip
         rows = [measure("original", variables).row()]
         for name, make, chosen in runs:
             fixed, seconds = debug.timed(make, list(chosen))
@@ -200,6 +215,37 @@ def _retrained(path: str, model, config: dict):
         raise DissectError(f"--retrained {path} records no training time ('seconds' in its config.json): "
                            "its cost cannot be reported; train it with dissectjax train")  # fmt: skip
     return variables, float(seconds)
+
+
+def _number(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _failing_file(path: str, shape: tuple, num_classes: int, seed: int) -> dict:
+    """``--failing``: images uint8 [N, H, W, C] at the model's input shape and their right
+    labels [N] from a .npz, split at random into halves: {"rank": (x, y), "eval": (x, y)}."""
+    try:
+        with np.load(path, allow_pickle=False) as f:
+            images, labels = np.asarray(f["images"]), np.asarray(f["labels"])
+    except (OSError, ValueError, KeyError) as e:
+        raise DissectError(f"--failing {path}: expected a .npz with arrays 'images' (uint8 [N, H, W, C]) and "
+                           f"'labels' (the right classes [N]) ({type(e).__name__})") from None  # fmt: skip
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise DissectError(f"--failing {path}: images must be uint8 [N, H, W, C], got {images.dtype} {images.shape}")
+    if tuple(images.shape[1:]) != tuple(shape):
+        h, w, c = images.shape[1:]
+        raise DissectError(f"--failing {path} holds {h}x{w}x{c} images but the checkpoint takes "
+                           f"{'x'.join(map(str, shape))}: resize them (a labelled set given with --data is resized "
+                           "for you)")  # fmt: skip
+    if labels.shape != (len(images),) or not np.issubdtype(labels.dtype, np.integer):
+        raise DissectError(f"--failing {path}: labels must be {len(images)} integers, got {labels.dtype} "
+                           f"{labels.shape}")  # fmt: skip
+    if len(images) < 2 or labels.min() < 0 or labels.max() >= num_classes:
+        raise DissectError(f"--failing {path}: needs at least 2 images with labels in [0, {num_classes}), got "
+                           f"{len(images)} with labels {labels.min()}..{labels.max()}")  # fmt: skip
+    order = np.random.default_rng(seed).permutation(len(images))
+    halves = {"rank": order[: len(order) // 2], "eval": order[len(order) // 2 :]}
+    return {split: (images[i], labels[i].astype(np.int32)) for split, i in halves.items()}
 
 
 def _xy(labelled):
@@ -244,7 +290,7 @@ def _write(out: str, result: dict, args) -> None:
 
     fixes = result["fixes"]
     print(table(["fix", "units", "failing acc.", "shifted acc.", "clean acc.", "agreement", "params changed", "s"],
-                [[r["name"], r["units"] or "-", f"{r['failing_accuracy']:.3f}", f"{r['shifted_accuracy']:.3f}",
+                [[r["name"], r["units"] or "-", f"{r['failing_accuracy']:.3f}", _number(r["shifted_accuracy"]),
                   f"{r['clean_accuracy']:.3f}", f"{r['agreement']:.3f}", str(r["parameters_changed"]),
                   f"{r['seconds']:.2f}"] for r in fixes]))  # fmt: skip
     with atomic_directory(out, [args.checkpoint]) as tmp:
@@ -263,6 +309,9 @@ def add_parsers(sub) -> None:
     d = sub.add_parser("debug", help="blame units for a network's mistakes, label them, and measure local fixes")
     d.add_argument("--checkpoint", required=True)
     d.add_argument("--layer", required=True, help="e.g. conv5")
+    d.add_argument("--failing", metavar="FILE.npz",
+                   help="your own failing images instead: 'images' uint8 [N, H, W, C] at the model's input size and "
+                        "their right 'labels' [N]; halved at random into blame and measure sets")  # fmt: skip
     d.add_argument("--confusion", metavar="TRUE:PREDICTED",
                    help="only these mistakes fail; either side may be * (any class), e.g. '*:playroom' "
                         "(default: every mistake)")  # fmt: skip

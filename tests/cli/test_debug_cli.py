@@ -105,3 +105,57 @@ def test_a_retrained_baseline_without_a_training_time_is_refused(tmp_path, capsy
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "records no training time" in err[0], err
     assert not (tmp_path / "x").exists()
+
+
+def test_failing_images_from_a_file(tmp_path, capsys):
+    from dissectjax.data.splits import scene_images
+
+    images, labels = scene_images(12, "eval")
+    np.savez(tmp_path / "failing.npz", images=images, labels=labels)
+    out = tmp_path / "out"
+    assert main(["debug", "--checkpoint", CHECKPOINT, "--layer", "conv5", "--failing", str(tmp_path / "failing.npz"),
+                 "--fixes", "zero", "--random-draws", "0", "--probe", "none", "--images", "24", "--k", "2", "--quiet",
+                 "--out", str(out)]) == 0  # fmt: skip
+    summary = json.loads((out / "debug.json").read_text())
+    assert summary["failing_rank"] == summary["failing_eval"] == 6 and summary["data"].endswith("failing.npz")
+    fixes = list(csv.DictReader(open(out / "fixes.csv")))
+    assert [f["name"] for f in fixes] == ["original", "zero top-2"] and fixes[0]["shifted_accuracy"] == ""
+    model, variables, _ = load_checkpoint(CHECKPOINT)
+    order = np.random.default_rng(0).permutation(12)[6:]  # the measured half
+    right = predict(model, variables, images[order]) == labels[order]
+    assert float(fixes[0]["failing_accuracy"]) == pytest.approx(right.mean())
+
+
+@pytest.mark.parametrize(
+    "arrays, expect",
+    [
+        ({"images": np.zeros((4, 32, 32, 3), np.uint8), "labels": np.zeros(4, int)},
+         "holds 32x32x3 images but the checkpoint takes 64x64x3: resize them"),
+        ({"images": np.zeros((4, 64, 64, 3), np.float32), "labels": np.zeros(4, int)}, "images must be uint8"),
+        ({"images": np.zeros((4, 64, 64, 3), np.uint8), "labels": np.full(4, 12)}, "labels in [0, 12)"),
+        ({"pictures": np.zeros((4, 64, 64, 3), np.uint8)}, "expected a .npz with arrays 'images'"),
+    ],
+)  # fmt: skip
+def test_bad_failing_files_are_one_line_errors(tmp_path, capsys, arrays, expect):
+    np.savez(tmp_path / "f.npz", **arrays)
+    argv = ["debug", "--checkpoint", CHECKPOINT, "--layer", "conv5", "--failing", str(tmp_path / "f.npz"),
+            "--images", "24", "--probe", "none", "--quiet", "--out", str(tmp_path / "x")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and expect in err[0], err
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_layer_whose_units_cannot_be_folded_is_refused_before_any_work(tmp_path, capsys):
+    from dissectjax.checkpoint import init_variables, save_checkpoint
+    from dissectjax.models import build_model
+
+    kwargs = {"width": 8, "num_classes": 12}
+    model = build_model("resnet18", **kwargs)
+    save_checkpoint(str(tmp_path / "resnet"), "resnet18", kwargs, (32, 32, 3), init_variables(model, (32, 32, 3)))
+    argv = ["debug", "--checkpoint", str(tmp_path / "resnet"), "--layer", "conv1", "--probe", "none", "--quiet",
+            "--out", str(tmp_path / "x")]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "the identity shortcut of layer1_0 also carries conv1's channels" in err[0], err
+    assert "use --fixes mean,finetune --random-draws 0" in err[0] and not (tmp_path / "x").exists()
