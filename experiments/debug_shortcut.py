@@ -11,7 +11,8 @@ the rank split, labels the top k by dissection, and measures every fix and basel
 held-out scenes in the same run: zero / mean / rescale / constrained fine-tune of the top k,
 k random units, a whole-network fine-tune on the same examples, and (where a clean
 checkpoint of the seed exists: scenenet, scenenet-seed1) the network retrained without the
-cue, its cost the recorded training time. Prints per-seed top units and one table (mean ±
+cue, its cost the recorded training time. Then larger k (``--sweep``) with the cheap fixes
+(zero, mean) against random units. Prints per-seed top units and one table (mean ±
 std over seeds); writes docs/debug_shortcut.csv (every seed's rows).
 """
 
@@ -36,6 +37,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--k", type=int, default=4)
+    p.add_argument("--sweep", default="8,16,32", help="more k, with the cheap fixes only (zero, mean; 3 random draws)")
     p.add_argument("--images", type=int, default=1000, help="scenes per split (rank, eval)")
     p.add_argument("--out", default="runs/debug_shortcut", help="where each seed's debug output goes")
     p.add_argument("--csv", default="docs/debug_shortcut.csv")
@@ -56,6 +58,15 @@ def main():
                                         f"{t.get('iou', float('nan')):.2f}, fixes {t['fixed']}, breaks {t['broken']})"
                                         for t in summary["top"]))  # fmt: skip
         rows += [{"seed": seed, **r} for r in csv.DictReader(open(os.path.join(out, "fixes.csv")))]
+        for k in (int(k) for k in a.sweep.split(",") if k):
+            more = f"{out}-k{k}"
+            if not os.path.exists(os.path.join(more, "debug.json")):
+                assert cli(["debug", "--checkpoint", checkpoint(seed), "--layer", "conv5", "--data",
+                            "shifted:playroom:pink", "--confusion", "*:playroom", "--k", str(k), "--fixes", "zero,mean",
+                            "--random-draws", "3", "--probe", "none", "--images", str(a.images), "--seed", str(seed),
+                            "--out", more, "--quiet"]) == 0  # fmt: skip
+            rows += [{"seed": seed, **r} for r in csv.DictReader(open(os.path.join(more, "fixes.csv")))
+                     if r["name"] != "original"]  # fmt: skip
     os.makedirs(os.path.dirname(a.csv) or ".", exist_ok=True)
     with open(a.csv, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -11,7 +11,8 @@ this runs ``dissectjax transplant-concept --concept tree`` on conv5: A's k units
 matched slots with matched inputs and copied outgoing weights, and B is measured on
 held-out scenes with and without trees beside A, A's random k units moved the same way,
 and fine-tuning B on the same scenes changing only the same slots' parameters, or all of
-them. Prints one table (mean ± std over pairs); writes docs/transplant_knowledge.csv.
+them; then larger k (``--sweep``) against random units only. Prints one table (mean ± std
+over pairs); writes docs/transplant_knowledge.csv.
 """
 
 import argparse
@@ -32,6 +33,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--pairs", default=PAIRS, help="A:B checkpoint pairs (default: %(default)s)")
     p.add_argument("--k", type=int, default=4)
+    p.add_argument("--sweep", default="8,16", help="more k, against random units only (no fine-tunes)")
     p.add_argument("--images", type=int, default=2000, help="scenes per split (rank, eval)")
     p.add_argument("--out", default="runs/transplant_knowledge")
     p.add_argument("--csv", default="docs/transplant_knowledge.csv")
@@ -50,6 +52,14 @@ def main():
               + ", ".join(f"{c['iou']:.2f}" for c in chosen) + "; specific damage "
               + ", ".join(f"{c['specific']:.3f}" for c in chosen))  # fmt: skip
         rows += [{"pair": f"{source}->{target}", **r} for r in csv.DictReader(open(os.path.join(out, "knowledge.csv")))]
+        for k in (int(k) for k in a.sweep.split(",") if k):
+            more = f"{out}-k{k}"
+            if not os.path.exists(os.path.join(more, "knowledge.json")):
+                assert cli(["transplant-concept", "--source", source, "--target", target, "--layer", "conv5",
+                            "--concept", "tree", "--k", str(k), "--images", str(a.images), "--seed", str(i),
+                            "--no-finetune", "--out", more, "--quiet"]) == 0  # fmt: skip
+            swept = csv.DictReader(open(os.path.join(more, "knowledge.csv")))
+            rows += [{"pair": f"{source}->{target}", **r} for r in swept if r["name"].startswith("transplant")]
     os.makedirs(os.path.dirname(a.csv) or ".", exist_ok=True)
     with open(a.csv, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))

@@ -144,7 +144,7 @@ def move_concept(model, source: Mapping, target: Mapping, layer: str, iou: np.nd
 
     ``iou`` float [U]: A's units' dissection IoU with the concept. ``chosen``: the images that
     pick the units (ablation), match the instances, and that the fine-tune baselines train on
-    (at the best of ``rates`` on a held-out quarter of them);
+    (at the best of ``rates`` on a held-out quarter of them; none with ``steps = 0``);
     ``held_out``: the images every network is measured on. Returns {"units": per-candidate
     rows, "results": one :class:`KnowledgeResult` row per network, "variables": the
     transplanted B, "slots": B's slots}.
@@ -180,8 +180,9 @@ def move_concept(model, source: Mapping, target: Mapping, layer: str, iou: np.nd
         (randomly, random_slots), seconds = timed(moved, picked)
         rows.append(measure(f"transplant: A's random {k} units (draw {d + 1})", randomly, picked, random_slots,
                             seconds))  # fmt: skip
-    for name, mask, changed in ((f"fine-tune B's {k} slots", unit_parameter_mask(model, target, layer, slots, example),
-                                 slots), ("fine-tune all of B", None, ())):  # fmt: skip
+    tunes = [(f"fine-tune B's {k} slots", unit_parameter_mask(model, target, layer, slots, example), slots),
+             ("fine-tune all of B", None, ())] if steps else []  # fmt: skip
+    for name, mask, changed in tunes:
         tuned, seconds = timed(finetune_selected, model, target, chosen.images, chosen.labels, mask, rates, steps, seed)
         rows.append(measure(name, tuned.variables, (), changed, seconds, setting=f"rate {tuned.learning_rate:g}"))
     pool = np.argsort(-np.asarray(iou), kind="stable")[: min(len(iou), candidates or 3 * k)]

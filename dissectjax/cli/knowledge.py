@@ -63,7 +63,8 @@ def cmd_transplant_concept(args) -> int:
     from dissectjax.analysis.knowledge import move_concept
 
     result = move_concept(model, source, target, args.layer, iou, chosen, held_out, args.k, args.candidates,
-                          args.random_draws, args.steps, comma_floats(args.learning_rate, "--learning-rate"), args.seed,
+                          args.random_draws, 0 if args.no_finetune else args.steps,
+                          comma_floats(args.learning_rate, "--learning-rate"), args.seed,
                           example)  # fmt: skip
     summary = {
         "source": os.path.abspath(args.source),
@@ -158,6 +159,7 @@ def add_parsers(sub) -> None:
     t.add_argument("--learning-rate", default="1e-3,3e-4,1e-4", metavar="RATE[,RATE]",
                    help="fine-tune baseline rates: each is tried, the best on a held-out quarter of the rank scenes "
                         "kept (default: %(default)s)")  # fmt: skip
+    t.add_argument("--no-finetune", action="store_true", help="skip the fine-tune baselines (quick sweeps over k)")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--quiet", action="store_true")
     t.add_argument("--out", required=True, help="directory to write (created; refused if it holds other files)")
