@@ -36,7 +36,7 @@ from dissectjax.errors import DissectError
 from dissectjax.models import build_model
 
 STRONG = [os.path.join(bundled_checkpoints(), name) for name in ("scenenet-strong", "scenenet-strong-seed1")]
-COMMITTED = [os.path.join(bundled_checkpoints(), name) for name in ("scenenet", "scenenet-seed1")] + STRONG
+COMMITTED = sorted(os.path.join(bundled_checkpoints(), name) for name in os.listdir(bundled_checkpoints()))
 
 
 WEAK = os.path.join(bundled_checkpoints(), "scenenet")  # the damage cases were written against its files
@@ -91,6 +91,16 @@ def test_committed_checkpoints_carry_checksums_that_hold(path):
     _, variables, _ = load_checkpoint(path)
     assert config["checksums"] == checksums(jax.device_get(variables))
     assert set(config["checksums"]) == set(array_paths(variables)) and len(config["checksums"]) == 27
+    # the planted-bug instances record what was planted; the others record nothing of it
+    planted = config["train_config"]
+    name = os.path.basename(path)
+    assert ("shortcut" in planted) == name.startswith("scenenet-shortcut")
+    assert ("absent" in planted) == name.startswith("scenenet-notree")
+    if name.startswith("scenenet-shortcut"):
+        assert planted["shortcut"] == {"scene": "playroom", "color": "pink", "with_class": 0.9, "otherwise": 0.02,
+                                       "size": 0.25}  # fmt: skip
+    if name.startswith("scenenet-notree"):
+        assert planted["absent"] == ["tree"]
 
 
 @pytest.fixture(scope="module")
