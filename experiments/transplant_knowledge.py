@@ -37,9 +37,12 @@ def main():
     p.add_argument("--images", type=int, default=2000, help="scenes per split (rank, eval)")
     p.add_argument("--out", default="runs/transplant_knowledge")
     p.add_argument("--csv", default="docs/transplant_knowledge.csv")
+    p.add_argument("--only", type=int, help="run only this pair (its index; its seed is the index)")
     a = p.parse_args()
     rows = []
     for i, pair in enumerate(a.pairs.split(",")):
+        if a.only is not None and i != a.only:
+            continue
         source, target = pair.split(":")
         out = os.path.join(a.out, f"pair{i}")
         if not os.path.exists(os.path.join(out, "knowledge.json")):
