@@ -41,7 +41,11 @@ def main():
     p.add_argument("--images", type=int, default=1000, help="scenes per split (rank, eval)")
     p.add_argument("--out", default="runs/debug_shortcut", help="where each seed's debug output goes")
     p.add_argument("--csv", default="docs/debug_shortcut.csv")
+    p.add_argument("--check-finetune", type=int, metavar="SEED",
+                   help="only replay SEED's constrained fine-tune; compare it with zeroing the same units")  # fmt: skip
     a = p.parse_args()
+    if a.check_finetune is not None:
+        return finetune_vs_zero(a.check_finetune, a.out, a.images)
     rows = []
     for seed in (int(s) for s in a.seeds.split(",")):
         out = os.path.join(a.out, f"seed{seed}")
@@ -79,6 +83,39 @@ def main():
     for r in rows:
         if r["setting"]:
             print(f"seed {r['seed']}, {r['name']}: {r['setting']}")
+
+
+def finetune_vs_zero(seed: int, out: str, images: int) -> None:
+    """Replays the command's constrained fine-tune of SEED's top units (same examples, rates
+    and steps) and prints what it did to the units, and how often it predicts as zeroing them."""
+    import numpy as np
+
+    from dissectjax.analysis import debug
+    from dissectjax.checkpoint import load_checkpoint
+    from dissectjax.cli.debug import _tuning_examples
+    from dissectjax.data.labelled import open_labelled
+    from dissectjax.evaluate import layer_maps, predict
+
+    units = json.load(open(os.path.join(out, f"seed{seed}", "debug.json")))["top_units"]
+    model, v, _ = load_checkpoint(checkpoint(seed), fold=True)
+    sets = (("shifted:playroom:pink", "rank"), ("synthetic", "rank"), ("synthetic", "eval"))
+    shifted, clean, held = (open_labelled(spec, split, images, (64, 64, 3), 12) for spec, split in sets)
+    said = predict(model, v, shifted.images)
+    failing = (said != shifted.labels) & (said == 6)  # any class predicted as playroom
+    right = predict(model, v, clean.images) == clean.labels
+    examples = _tuning_examples((shifted.images[failing], shifted.labels[failing]),
+                                (clean.images[right], clean.labels[right]), 64, seed)  # fmt: skip
+    example = np.zeros((1, 64, 64, 3), np.uint8)
+    mask = debug.unit_parameter_mask(model, v, "conv5", units, example)
+    tuned = debug.finetune_selected(model, v, *examples, mask, (1e-3, 3e-4, 1e-4), 100, seed)
+    before = layer_maps(model, v, ["conv5"], held.images)["conv5"][..., units]
+    after = layer_maps(model, tuned.variables, ["conv5"], held.images)["conv5"][..., units]
+    zeroed = debug.zero_units(model, v, "conv5", units, example)
+    same = np.mean(predict(model, zeroed, held.images) == predict(model, tuned.variables, held.images))
+    print(f"seed {seed}, units {units}, rate {tuned.learning_rate:g}: mean activation on clean scenes "
+          f"{np.round(before.mean(axis=(0, 1, 2)), 3)} -> {np.round(after.mean(axis=(0, 1, 2)), 4)}; active at "
+          f"{np.round((after > 0).mean(axis=(0, 1, 2)), 4)} of positions; predictions equal to zeroing them on "
+          f"{same:.3f} of clean scenes")  # fmt: skip
 
 
 if __name__ == "__main__":
