@@ -25,44 +25,22 @@ import time
 import jax
 import numpy as np
 
-from dissectjax.data.concepts import Concepts
+from dissectjax.data.broden_disk import BRODEN_CATEGORIES, BRODEN_PIXEL_LAYERS, blocky, broden_concepts, broden_labels
 from dissectjax.data.memory import InMemoryProbe
 from dissectjax.data.probe import ProbeBatch
 from dissectjax.dissect import DissectConfig, Passes
+from dissectjax.dissect.cache import PLACES, default_decode_workers
 from dissectjax.errors import DissectError
 from dissectjax.flags import OneLineParser, fraction, non_negative_int, positive_float, positive_int
 from dissectjax.parallel import DataParallel
-
-BRODEN_CATEGORIES = {"object": 500, "part": 200, "material": 30, "color": 11, "scene": 412, "texture": 47}
-BRODEN_PIXEL_LAYERS = ("object", "object", "part", "material", "color")
-BRODEN_COVERAGE = {"object": 0.9, "part": 0.35, "material": 0.5, "color": 1.0}
-
-
-def _blocky(rng, n, size, block, choices, coverage, p=None):
-    """int [n, size, size]: random labels constant on block x block squares, -1 outside coverage;
-    labels drawn uniformly from ``choices``, or with probabilities ``p``."""
-    low = rng.choice(choices, (n, size // block, size // block), p=p)
-    low = np.where(rng.random(low.shape) < coverage, low, -1)
-    return np.repeat(np.repeat(low, block, axis=1), block, axis=2)
 
 
 def broden_scale(pool: int = 256, size: int | None = None, units: int = 512, seed: int = 0):
     """(probe, activations [pool, 7, 7, units] float32) of the broden-scale workload."""
     rng = np.random.default_rng(seed)
-    names, category = [], []
-    for k, (cat, count) in enumerate(BRODEN_CATEGORIES.items()):
-        names += [f"{cat}{j}" for j in range(count)]
-        category += [k] * count
-    concepts = Concepts(np.arange(1, len(names) + 1), tuple(names), np.array(category, np.int32),
-                        tuple(BRODEN_CATEGORIES))  # fmt: skip
-    cols = {c: np.flatnonzero(concepts.category == k) for k, c in enumerate(BRODEN_CATEGORIES)}
-    layers = [_blocky(rng, pool, 112, 8, cols[c], BRODEN_COVERAGE[c]) for c in BRODEN_PIXEL_LAYERS]
-    pixel = np.stack(layers, axis=1)
-    pixel[:, 1] = np.where(rng.random((pool, 1, 1)) < 0.3, pixel[:, 1], -1)  # a second object layer, sometimes
-    pixel[:, 1] = np.where(pixel[:, 1] == pixel[:, 0], -1, pixel[:, 1])  # no repeats
-    texture = np.where(rng.random(pool) < 0.2, rng.choice(cols["texture"], pool), -1)
-    image = np.stack([rng.choice(cols["scene"], pool), texture], axis=1)
-    probe = InMemoryProbe(concepts, pixel.astype(np.int16), image.astype(np.int32), size=size)
+    concepts = broden_concepts()
+    pixel, image = broden_labels(rng, pool, concepts)
+    probe = InMemoryProbe(concepts, pixel, image, size=size)
     # spatially smooth, ReLU'd activations: a few units fire strongly on a few images
     low = rng.gamma(1.5, size=(pool, 4, 4, units)).astype(np.float32)
     acts = np.maximum(jax.image.resize(low, (pool, 7, 7, units), "bilinear") - 1.0, 0.0)
@@ -205,7 +183,7 @@ def semantics_fixture(images: int, units: int = 512, seed: int = 0):
         return p / p.sum()
 
     coverage = {"object": 0.6, "part": 0.05, "material": 0.3, "color": 1.0}  # parts: small regions
-    pixel = np.stack([_blocky(rng, images, 112, 8, cols[c], coverage[c], None if c == "color" else zipf(len(cols[c])))
+    pixel = np.stack([blocky(rng, images, 112, 8, cols[c], coverage[c], None if c == "color" else zipf(len(cols[c])))
                       for c in BRODEN_PIXEL_LAYERS], axis=1)  # fmt: skip
     pixel[:, 1] = np.where(rng.random((images, 1, 1)) < 0.3, pixel[:, 1], -1)
     source = rng.choice(list(SOURCES), images, p=[share for _, share in SOURCES.values()])
@@ -310,6 +288,88 @@ def run_small(images: int, batch_size: int, quantile: float, say=print):
     return {"dissectjax": timing.rates()}, {}
 
 
+def decode_rates(probe, rows: int = 128) -> dict[str, float]:
+    """Rows per second one core decodes (this process, one thread): images alone, label maps alone."""
+    sample = np.arange(min(rows, len(probe)))
+    rates = {}
+    for what, images, labels in (("images", True, False), ("label maps", False, True)):
+        start = time.perf_counter()
+        for i in range(0, len(sample), 16):
+            probe.load_batch(sample[i : i + 16], images, labels)
+        rates[what] = len(sample) / (time.perf_counter() - start)
+    return rates
+
+
+def time_forward(source, probe, config: DissectConfig, parallel: DataParallel, decode_workers: int) -> float:
+    """Seconds of the pipeline without statistics: decode every image and run the forward pass."""
+    from dissectjax.data.probe import batch_plan, iterate_batches
+    from dissectjax.dissect.driver import per_device_batch
+
+    plan = batch_plan(probe, parallel.global_batch_size(per_device_batch(config, len(probe))))
+    start = time.perf_counter()
+    last = None
+    for batch in iterate_batches(probe, [parallel.local_rows(r) for r in plan], images=True, labels=False,
+                                 processes=decode_workers):  # fmt: skip
+        last = source.activations(batch, parallel)
+    jax.block_until_ready(last)
+    return time.perf_counter() - start
+
+
+def run_broden_disk(images: int, distinct: int, model: str, layer: str, checkpoint: str | None, batch_size: int,
+                    quantile: float, decode_workers: int, cache: str, say=print):  # fmt: skip
+    """End to end from files on disk (:mod:`dissectjax.data.broden_disk`): decode, the forward
+    pass, both passes; beside it the same pipeline with no statistics (forward only)."""
+    from dissectjax.data.broden import BrodenDataset
+    from dissectjax.data.broden_disk import ensure_broden_disk
+    from dissectjax.dissect.cache import Pipeline
+    from dissectjax.dissect.sources import model_source
+
+    parallel = DataParallel.create()
+    global_batch = parallel.global_batch_size(batch_size)
+    start = time.perf_counter()
+    probe = BrodenDataset(ensure_broden_disk(images, distinct))
+    warm = BrodenDataset(ensure_broden_disk(global_batch, distinct))
+    made = time.perf_counter() - start
+    source, name = model_source([layer], (224, 224, 3), checkpoint, None if checkpoint else model)
+    config = DissectConfig(quantile=quantile, batch_size=batch_size)
+    pipeline = Pipeline(cache=cache, decode_workers=decode_workers)
+    say(f"broden-disk: {images} rows ({min(distinct, images)} distinct files), {name} {layer} "
+        f"({source.units[layer]} units, {source.map_shapes[layer][0]}x{source.map_shapes[layer][1]}) at 224 px, "
+        f"{len(probe.concepts)} concepts, {jax.device_count()} {jax.default_backend()} device(s), batch "
+        f"{global_batch}, {decode_workers or 'no'} decoding processes (set ready in {made:.0f} s)")  # fmt: skip
+    decode = decode_rates(probe)
+    time_forward(source, warm, config, parallel, 0)  # compiles the forward pass
+    forward = time_forward(source, probe, config, parallel, decode_workers)
+    warm_passes = Passes(source, warm, config, parallel=parallel, pipeline=pipeline)
+    warm_passes.counts(warm_passes.thresholds())
+    passes = Passes(source, probe, config, parallel=parallel, pipeline=pipeline)
+    place = passes.cache.place if passes.cache is not None else "none"
+    start = time.perf_counter()
+    thresholds = passes.thresholds()
+    middle = time.perf_counter()
+    passes.counts(thresholds)
+    end = time.perf_counter()
+    dissection = end - start
+    rows = {
+        "decode, images (one core)": (decode["images"], None),
+        "decode, label maps (one core)": (decode["label maps"], None),
+        "forward only (decode + forward pass)": (images / forward, forward),
+        "pass 1 (decode + forward + thresholds)": (images / (middle - start), middle - start),
+        "pass 2 (label maps + tally)": (images / (end - middle), end - middle),
+        "dissection end to end": (images / dissection, dissection),
+    }
+    extra = {"activations kept": place, "dissection / forward only": f"{dissection / forward:.2f}x"}
+    return rows, extra
+
+
+def format_stages(rows: dict) -> str:
+    """A table of (images/s, seconds or None) per stage."""
+    lines = ["| stage | images/s | seconds |", "|---|---|---|"]
+    for stage, (rate, seconds) in rows.items():
+        lines.append(f"| {stage} | {rate:,.1f} | {'' if seconds is None else f'{seconds:,.1f}'} |")
+    return "\n".join(lines)
+
+
 def broden_scale_roofline(rate: float, peak_tflops: float, bandwidth_tbs: float) -> dict[str, str]:
     """The dense tally's bound per image: a [S, U] x [S, C] product and its one-hot operand."""
     pixels, units, concepts = 112 * 112, 512, sum(BRODEN_CATEGORIES.values())
@@ -353,7 +413,7 @@ def format_rates(rows: dict) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(prog="dissectjax bench", description="dissection throughput benchmarks")
-    p.add_argument("--workload", choices=["broden-scale", "small", "semantics"], default="broden-scale")
+    p.add_argument("--workload", choices=["broden-scale", "broden-disk", "small", "semantics"], default="broden-scale")
     p.add_argument("--images", type=positive_int, default=512)
     p.add_argument(
         "--pool", type=positive_int, default=256, help="distinct generated rows, cycled (default: %(default)s)"
@@ -363,6 +423,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=positive_int, default=32, help="images per device and batch")
     p.add_argument("--quantile", type=fraction, default=0.005)
+    p.add_argument(
+        "--distinct",
+        type=positive_int,
+        default=2048,
+        help="broden-disk: distinct rows written as files, cycled (default: %(default)s)",
+    )
+    p.add_argument("--model", default="resnet18", help="broden-disk: registered model (default: %(default)s)")
+    p.add_argument("--layer", default="layer4", help="broden-disk: the layer dissected (default: %(default)s)")
+    p.add_argument("--checkpoint", help="broden-disk: weights to load (default: random initialization)")
+    p.add_argument(
+        "--decode-workers",
+        type=non_negative_int,
+        default=default_decode_workers(),
+        help="broden-disk: decoding processes, 0 for threads (default: %(default)s)",
+    )
+    p.add_argument(
+        "--cache-activations",
+        choices=PLACES,
+        default="auto",
+        help="broden-disk: where activations are kept between passes (default: %(default)s)",
+    )
     p.add_argument("--planted", type=positive_int, default=64, help="semantics: units planted (default: %(default)s)")
     p.add_argument("--memory", action="store_true", help="also peak RSS at N and 8N images (fresh processes)")
     p.add_argument("--peak-tflops", type=positive_float, default=790.0, help="accelerator bf16 peak, for the roofline")
@@ -388,6 +469,14 @@ def _run(a: argparse.Namespace) -> int:
         if a.planted > 512:
             raise DissectError(f"--planted {a.planted} is more than the workload's 512 units")
         print(format_semantics(run_semantics(a.images, a.planted, a.batch_size), a.planted))
+        print(f"peak RSS of this process: {peak_rss_mb():,.0f} MB")
+        return 0
+    if a.workload == "broden-disk":
+        rows, extra = run_broden_disk(a.images, a.distinct, a.model, a.layer, a.checkpoint, a.batch_size, a.quantile,
+                                      a.decode_workers, a.cache_activations)  # fmt: skip
+        print(format_stages(rows))
+        for k, v in extra.items():
+            print(f"{k}: {v}")
         print(f"peak RSS of this process: {peak_rss_mb():,.0f} MB")
         return 0
     if a.workload == "small":

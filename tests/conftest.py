@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
+sys.path.insert(
+    0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks")
+)  # torch_models
 
 from dissectjax.data.broden import BrodenRow, LabelInfo, write_broden
 

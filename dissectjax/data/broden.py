@@ -115,6 +115,8 @@ class BrodenDataset:
     indices laid out in a fixed number of layers (see :mod:`dissectjax.data.probe`).
     """
 
+    decodes_files = True  # rows are decoded from files: worth decoding in other processes
+
     def __init__(self, root: str, split: str | None = None, skip_missing: bool = False):
         """``split``: only rows of that index.csv split ("all" or None: every row).
         ``skip_missing``: drop rows whose image or segmentation files are missing, listed in

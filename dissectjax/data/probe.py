@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import multiprocessing
 from collections.abc import Iterator
 from typing import NamedTuple, Protocol
 
@@ -121,18 +122,51 @@ def iterate_batches(
     labels: bool = True,
     workers: int = 4,
     prefetch: int = 4,
+    processes: int = 0,
 ) -> Iterator[ProbeBatch]:
-    """Yields the batches of ``plan`` in order, decoded by a thread pool ahead of use."""
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe") as pool:
+    """Yields the batches of ``plan`` in order, decoded ahead of use: by ``processes`` worker
+    processes (each holds a copy of ``ds``, which must pickle), or with 0 by a pool of
+    ``workers`` threads. Either way the batches are the same; ``prefetch`` batches per worker
+    are decoded ahead."""
+    if not plan:
+        return
+    if not images and not labels:  # nothing to decode: the rows alone
+        for rows in plan:
+            yield ds.load_batch(rows, False, False)
+        return
+    if processes:
+        context = multiprocessing.get_context("spawn")  # never fork a process running XLA's threads
+        executor = concurrent.futures.ProcessPoolExecutor(processes, mp_context=context,
+                                                          initializer=_hold_dataset, initargs=(ds,))  # fmt: skip
+        load, ahead = _load_held, processes * (prefetch + 1)
+    else:
+        executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe")
+        load, ahead = ds.load_batch, prefetch + workers
+    with executor:
         pending: collections.deque = collections.deque()
         todo = iter(plan)
-        for rows in todo:
-            pending.append(pool.submit(ds.load_batch, rows, images, labels))
-            if len(pending) >= prefetch + workers:
-                break
-        while pending:
-            batch = pending.popleft().result()
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append(pool.submit(ds.load_batch, nxt, images, labels))
-            yield batch
+        try:
+            for rows in todo:
+                pending.append(executor.submit(load, rows, images, labels))
+                if len(pending) >= ahead:
+                    break
+            while pending:
+                batch = pending.popleft().result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(executor.submit(load, nxt, images, labels))
+                yield batch
+        finally:
+            for future in pending:  # a consumer that stops early does not wait for decoding it will not use
+                future.cancel()
+
+
+_HELD: list = []  # a decoding process's copy of the dataset (set once, by the pool's initializer)
+
+
+def _hold_dataset(ds: ProbeDataset) -> None:
+    _HELD[:] = [ds]
+
+
+def _load_held(rows: np.ndarray, images: bool, labels: bool) -> ProbeBatch:
+    return _HELD[0].load_batch(rows, images, labels)

@@ -24,6 +24,7 @@ import numpy as np
 from dissectjax.data.concepts import Concepts
 from dissectjax.data.probe import ProbeBatch, batch_plan, iterate_batches
 from dissectjax.dissect.accumulate import COUNT_REDUCTIONS, HISTOGRAM_REDUCTIONS, Accumulator
+from dissectjax.dissect.cache import ActivationCache, Pipeline, cache_bytes, open_cache
 from dissectjax.dissect.config import DissectConfig
 from dissectjax.dissect.kernels import kernels
 from dissectjax.dissect.protocols import ProbeDataset, Progress, Source, no_progress
@@ -149,6 +150,12 @@ class Passes:
     ``thresholds(saved)`` runs the threshold passes, ``counts(thresholds, saved)`` the
     tally pass (which also fills ``top``); ``saved`` is a :meth:`ResumeFile.load` state to
     continue from, or None. :func:`dissect` runs both; run them one by one to time them.
+
+    ``pipeline`` says how (:class:`~dissectjax.dissect.cache.Pipeline`): the first pass that
+    reads every batch keeps the activations (``cache``) for the passes after it, which then
+    decode no images and run no forward pass; the tally pass decodes the label maps, the
+    threshold passes never do. Rows are decoded by ``decode_workers`` processes where the
+    probe set reads files (``decodes_files``), else by threads.
     """
 
     def __init__(
@@ -159,9 +166,10 @@ class Passes:
         progress: Progress = no_progress,
         parallel: DataParallel | None = None,
         resume: ResumeFile | None = None,
+        pipeline: Pipeline = Pipeline(),
     ):
         self.parallel = parallel or DataParallel.create()
-        self.source, self.probe, self.config = source, probe, config
+        self.source, self.probe, self.config, self.pipeline = source, probe, config, pipeline
         check_batch_memory(source, probe, config)  # before any work
         self.progress = progress if self.parallel.is_main else no_progress
         self.resume = resume
@@ -172,15 +180,47 @@ class Passes:
                        for name in self.layers}  # fmt: skip
         self.kernels = kernels(self.parallel)
         self.top = {name: TopImages(source.units[name], config.top_k) for name in self.layers}
+        self.cache = self._open_cache()
+        self._filling = False  # whether the current pass keeps what the source computes
+
+    def _open_cache(self) -> ActivationCache | None:
+        maps = getattr(self.source, "map_shapes", None) or {}
+        rows = {name: (*maps.get(name, (1, 1)), self.source.units[name]) for name in self.layers}
+        local_batch = len(self.plan[0]) // self.parallel.process_count if self.plan else 0
+        need = cache_bytes(rows, len(self.plan) * local_batch)
+        free = device_memory()
+        free = None if free is None else free * len(jax.local_devices())
+        return open_cache(self.pipeline, self.source.needs_images, need, len(self.plan), free)
+
+    @property
+    def cached(self) -> bool:
+        """Whether every batch's activations are kept (the passes left read them, not the source)."""
+        return self.cache is not None and self.cache.complete
+
+    def close(self) -> None:
+        """Drops the kept activations (and deletes a cache file)."""
+        if self.cache is not None:
+            self.cache.close()
+            self.cache = None
 
     # batches: this process's rows of every global batch, sharded onto the mesh
     def _batches(self, start: int, labels: bool, desc: str) -> Iterator[ProbeBatch]:
         local_plan = [self.parallel.local_rows(rows) for rows in self.plan[start:]]
-        batches = iterate_batches(self.probe, local_plan, images=self.source.needs_images, labels=labels)
+        self._filling = self.cache is not None and not self.cache.complete and start == 0
+        images = self.source.needs_images and not self.cached
+        processes = self.pipeline.decode_workers if getattr(self.probe, "decodes_files", False) else 0
+        batches = iterate_batches(self.probe, local_plan, images=images, labels=labels, processes=processes)
         return self.progress(batches, total=len(self.plan), initial=start, desc=desc, unit="batch", leave=False)
 
-    def _activations(self, batch: ProbeBatch) -> dict[str, jax.Array]:
-        return self.source.activations(batch, self.parallel)
+    def _activations(self, i: int, batch: ProbeBatch) -> dict[str, jax.Array]:
+        """Batch i's activations: kept ones where the cache is complete, else the source's (kept
+        while a pass fills the cache)."""
+        if self.cached:
+            return self.cache.get(i, self.parallel)
+        acts = self.source.activations(batch, self.parallel)
+        if self._filling:
+            self.cache.put(i, acts)
+        return acts
 
     def _gather_maps(self, acts: jax.Array, positions: np.ndarray) -> np.ndarray:
         return to_host(self.kernels.unit_maps(acts, self.parallel.replicate(positions.astype(np.int32))))
@@ -204,6 +244,22 @@ class Passes:
     def thresholds(self, saved: dict | None = None) -> dict[str, np.ndarray]:
         """Per layer, float32 [U]: each unit's (1 - quantile) quantile of its activations, by the
         configuration's quantile rule."""
+        try:
+            return self._thresholds(saved)
+        except BaseException:
+            self.close()
+            raise
+
+    def counts(self, thresholds: dict[str, np.ndarray], saved: dict | None = None) -> dict[str, Counts]:
+        """Per layer, the int64 counts (intersection [U, C], unit_area [U, K], concept_area [C])
+        of the units' masks ``upsampled activations > thresholds``. The last pass: the kept
+        activations are dropped after it."""
+        try:
+            return self._counts(thresholds, saved)
+        finally:
+            self.close()
+
+    def _thresholds(self, saved: dict | None) -> dict[str, np.ndarray]:
         if saved is not None:
             restore_select(self.select, saved)
         while not all(s.done for s in self.select.values()):
@@ -219,7 +275,7 @@ class Passes:
 
             prefixes = {name: self.parallel.replicate(self.select[name].prefix) for name in active}
             for i, batch in enumerate(self._batches(start, False, f"thresholds, pass {level + 1}"), start=start):
-                acts = self._activations(batch)
+                acts = self._activations(i, batch)
                 valid = self.parallel.shard(batch.valid)
                 for name in active:
                     s = self.select[name]
@@ -241,9 +297,7 @@ class Passes:
             self._maybe_save(functools.partial(self._state, "select", 0, {}), force=True)
         return {name: s.thresholds for name, s in self.select.items()}
 
-    def counts(self, thresholds: dict[str, np.ndarray], saved: dict | None = None) -> dict[str, Counts]:
-        """Per layer, the int64 counts (intersection [U, C], unit_area [U, K], concept_area [C])
-        of the units' masks ``upsampled activations > thresholds``."""
+    def _counts(self, thresholds: dict[str, np.ndarray], saved: dict | None) -> dict[str, Counts]:
         concepts = self.probe.concepts
         strategy = self.config.strategy or default_strategy()
         category = self.parallel.replicate(concepts.category.astype(np.int32))
@@ -257,7 +311,7 @@ class Passes:
                 self.top[name].load(unflatten(f"tally/{name}/top", (0, 0, 0), saved))
 
         for i, batch in enumerate(self._batches(start, True, "tally"), start=start):
-            acts = self._activations(batch)
+            acts = self._activations(i, batch)
             labels = LabelBatch(*(self.parallel.shard(x) for x in batch.labels))
             for name in self.layers:
                 counts = self.kernels.tally(acts[name], labels, device_thresholds[name], category,
@@ -281,14 +335,16 @@ def dissect(
     progress: Progress = no_progress,
     parallel: DataParallel | None = None,
     resume: ResumeFile | None = None,
+    pipeline: Pipeline = Pipeline(),
 ) -> dict[str, LayerResult]:
     """Dissects every layer of ``source`` on ``probe``; returns {layer: LayerResult}.
 
     ``parallel`` is the device mesh (default: every device); ``resume`` saves and restores
-    the accumulated state so an interrupted run can continue.
+    the accumulated state so an interrupted run can continue; ``pipeline`` says how the passes
+    run (activation cache, decoding processes), with identical results whichever way.
     """
     start = time.perf_counter()
-    passes = Passes(source, probe, config, progress, parallel, resume)
+    passes = Passes(source, probe, config, progress, parallel, resume, pipeline)
     saved = resume.load() if resume is not None else None
     thresholds = passes.thresholds(saved)
     counts = passes.counts(thresholds, saved)

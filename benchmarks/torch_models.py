@@ -1,6 +1,7 @@
 """torchvision's ResNet-18/50, AlexNet and VGG-16, written out in plain PyTorch (same module
 names, so the same state_dict keys), returning their logits and the activations dissectjax
-sows. A reference for the converter's parity tests; torchvision itself is not needed."""
+sows. The converter's parity reference (tests/test_convert.py) and the network of the PyTorch
+peer (benchmarks/peer_torch.py); torchvision itself is not needed."""
 
 import torch
 from torch import nn
