@@ -218,6 +218,24 @@ def labels_of(counts, concept_category: np.ndarray, num_categories: int, iou_thr
     return label_units(table, concept_category, num_categories, iou_threshold)
 
 
+def agreement(ours: str, theirs: str, dataset: str) -> str:
+    """One line: how many units get the same label (and detector status) from two saved counts
+    (.npz of thresholds, intersection, unit_area, concept_area), and their speed ratio."""
+    from dissectjax.data.broden import BrodenDataset
+
+    concepts = BrodenDataset(dataset).concepts
+    a, b = np.load(ours), np.load(theirs)
+    la, lb = (labels_of((x["intersection"], x["unit_area"], x["concept_area"]), concepts.category,
+                        concepts.num_categories) for x in (a, b))  # fmt: skip
+    same = float(np.mean(la.label == lb.label))
+    detectors = float(np.mean(la.detector == lb.detector))
+    close = float(np.mean(np.abs(a["thresholds"] - b["thresholds"]) <= 1e-3 * np.abs(a["thresholds"]).max()))
+    return (f"labels agree on {same:.1%} of {len(la.label)} units, detector or not on {detectors:.1%}; "
+            f"thresholds within 0.1% of the largest on {close:.1%}; detectors {int(la.detector.sum())} (dissectjax) "
+            f"vs {int(lb.detector.sum())} (peer); dissectjax {float(b['seconds']) / float(a['seconds']):.1f}x "
+            "the peer's speed")  # fmt: skip
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, help="a Broden-format directory")
@@ -228,6 +246,7 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=8)
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--counts", help="write the counts here (.npz), to compare with dissectjax's")
+    p.add_argument("--compare", help="dissectjax's counts (.npz of bench --counts-out): print the agreement")
     a = p.parse_args(argv)
     from torch_models import build
 
@@ -245,6 +264,8 @@ def main(argv=None) -> int:
     if a.counts:
         np.savez(a.counts, thresholds=thresholds, intersection=counts[0], unit_area=counts[1],
                  concept_area=counts[2], seconds=total)  # fmt: skip
+        if a.compare:
+            print(agreement(a.compare, a.counts, a.dataset))
     return 0
 
 

@@ -12,7 +12,9 @@ Workloads:
   q = 0.005 and 0.05: detectors, unique detectors under both rules, the planted units' IoU
   with their concept, and each pass's speed, in one table (docs/SEMANTICS.md).
 
-Timings exclude compilation (a warm-up run on one batch compiles every kernel first).
+Timings exclude compilation: a warm-up run compiles every program first (on the whole
+workload in memory; on the first 8 batches of the on-disk set, whose timed run may still
+compile a size of compacted arrays it meets for the first time).
 """
 
 from __future__ import annotations
@@ -82,11 +84,11 @@ class Timing:
 
 
 def time_dissection(source, probe, config: DissectConfig, parallel: DataParallel | None = None, warmup=None):
-    """(Timing, thresholds, counts) of one dissection, after a warm-up run that compiles
-    every kernel (on ``warmup``, default: the probe's first global batch)."""
+    """(Timing, thresholds, counts) of one dissection, after a warm-up run on ``warmup``
+    (default: the same probe set, so that every program the timed run needs is compiled
+    first: the sparse tally compiles one program per size of its compacted arrays)."""
     parallel = parallel or DataParallel.create()
-    if warmup is None:
-        warmup = InMemoryProbe(probe.concepts, *_first_rows(probe, parallel.global_batch_size(config.batch_size)))
+    warmup = probe if warmup is None else warmup
     warm = Passes(source, warmup, config, parallel=parallel)
     warm.counts(warm.thresholds())
     passes = Passes(source, probe, config, parallel=parallel)
@@ -278,13 +280,11 @@ def run_small(images: int, batch_size: int, quantile: float, say=print):
 
     parallel = DataParallel.create()
     probe, _ = open_probe(f"synthetic:{images}")
-    warm, _ = open_probe(f"synthetic:{parallel.global_batch_size(batch_size)}")
     model = build_model("scenenet")
     source = ModelSource(model, init_variables(model, (64, 64, 3)), [f"conv{i}" for i in range(1, 6)], (64, 64, 3))
     say(f"small: SceneNet conv1-conv5 (416 units) on {images} synthetic scenes, 64 px, 32 x 32 labels, "
         f"{len(probe.concepts)} concepts, {jax.device_count()} {jax.default_backend()} device(s)")  # fmt: skip
-    timing, _, _ = time_dissection(source, probe, DissectConfig(quantile=quantile, batch_size=batch_size), parallel,
-                                   warmup=warm)  # fmt: skip
+    timing, _, _ = time_dissection(source, probe, DissectConfig(quantile=quantile, batch_size=batch_size), parallel)
     return {"dissectjax": timing.rates()}, {}
 
 
@@ -316,9 +316,11 @@ def time_forward(source, probe, config: DissectConfig, parallel: DataParallel, d
 
 
 def run_broden_disk(images: int, distinct: int, model: str, layer: str, checkpoint: str | None, batch_size: int,
-                    quantile: float, decode_workers: int, cache: str, say=print):  # fmt: skip
+                    quantile: float, decode_workers: int, cache: str, counts_out: str | None = None,
+                    say=print):  # fmt: skip
     """End to end from files on disk (:mod:`dissectjax.data.broden_disk`): decode, the forward
-    pass, both passes; beside it the same pipeline with no statistics (forward only)."""
+    pass, both passes; beside it the same pipeline with no statistics (forward only). With
+    ``counts_out``, the thresholds and counts are saved there (.npz), to compare with a peer's."""
     from dissectjax.data.broden import BrodenDataset
     from dissectjax.data.broden_disk import ensure_broden_disk
     from dissectjax.dissect.cache import Pipeline
@@ -328,7 +330,7 @@ def run_broden_disk(images: int, distinct: int, model: str, layer: str, checkpoi
     global_batch = parallel.global_batch_size(batch_size)
     start = time.perf_counter()
     probe = BrodenDataset(ensure_broden_disk(images, distinct))
-    warm = BrodenDataset(ensure_broden_disk(global_batch, distinct))
+    warm = BrodenDataset(ensure_broden_disk(min(images, 8 * global_batch), distinct))  # the set's first rows
     made = time.perf_counter() - start
     source, name = model_source([layer], (224, 224, 3), checkpoint, None if checkpoint else model)
     config = DissectConfig(quantile=quantile, batch_size=batch_size)
@@ -347,9 +349,12 @@ def run_broden_disk(images: int, distinct: int, model: str, layer: str, checkpoi
     start = time.perf_counter()
     thresholds = passes.thresholds()
     middle = time.perf_counter()
-    passes.counts(thresholds)
+    counts = passes.counts(thresholds)[layer]
     end = time.perf_counter()
     dissection = end - start
+    if counts_out:
+        np.savez(counts_out, thresholds=thresholds[layer], intersection=counts.intersection,
+                 unit_area=counts.unit_area, concept_area=counts.concept_area, seconds=dissection)  # fmt: skip
     rows = {
         "decode, images (one core)": (decode["images"], None),
         "decode, label maps (one core)": (decode["label maps"], None),
@@ -386,19 +391,36 @@ def broden_scale_roofline(rate: float, peak_tflops: float, bandwidth_tbs: float)
     }
 
 
+def peak_rss_of(call: str) -> float:
+    """Peak RSS (MB) of a fresh Python process that runs ``call``, an expression over this module."""
+    import subprocess
+
+    code = f"from dissectjax import bench; bench.{call}; print(bench.peak_rss_mb())"
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    if p.returncode:
+        raise DissectError(f"the memory check's process failed: {(p.stderr.strip().splitlines() or ['?'])[-1]}")
+    return float(p.stdout.strip().splitlines()[-1])
+
+
 def memory_check(images: int, pool: int, batch_size: int) -> dict[str, str]:
     """Peak RSS of broden-scale dissections of N and 8N images, each in a fresh process."""
-    import subprocess
-    import sys
-
     out = {}
     for n in (images, 8 * images):
-        code = (
-            f"from dissectjax.bench import run_broden_scale, peak_rss_mb; "
-            f"run_broden_scale({n}, {pool}, 0, {batch_size}, 0.005, say=lambda *_: None); print(peak_rss_mb())"
-        )
-        p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        out[f"peak RSS, {n} images"] = f"{float(p.stdout.strip().splitlines()[-1]):,.0f} MB"
+        rss = peak_rss_of(f"run_broden_scale({n}, {pool}, 0, {batch_size}, 0.005, say=lambda *_: None)")
+        out[f"peak RSS, {n} images"] = f"{rss:,.0f} MB"
+    return out
+
+
+def disk_memory_check(images: int, distinct: int, model: str, layer: str, checkpoint: str | None,
+                      batch_size: int, decode_workers: int) -> dict[str, str]:  # fmt: skip
+    """Peak RSS of broden-disk runs, each in a fresh process: N and 8N images keeping no
+    activations (flat in N), and N and 8N keeping them (``auto``: they grow with N)."""
+    out = {}
+    for cache in ("none", "auto"):
+        for n in (images, 8 * images):
+            call = (f"run_broden_disk({n}, {distinct}, {model!r}, {layer!r}, {checkpoint!r}, {batch_size}, 0.005, "
+                    f"{decode_workers}, {cache!r}, say=lambda *_: None)")  # fmt: skip
+            out[f"peak RSS, {n} images, activations kept: {cache}"] = f"{peak_rss_of(call):,.0f} MB"
     return out
 
 
@@ -444,6 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         help="broden-disk: where activations are kept between passes (default: %(default)s)",
     )
+    p.add_argument("--counts-out", help="broden-disk: save the thresholds and counts here (.npz)")
     p.add_argument("--planted", type=positive_int, default=64, help="semantics: units planted (default: %(default)s)")
     p.add_argument("--memory", action="store_true", help="also peak RSS at N and 8N images (fresh processes)")
     p.add_argument("--peak-tflops", type=positive_float, default=790.0, help="accelerator bf16 peak, for the roofline")
@@ -473,7 +496,10 @@ def _run(a: argparse.Namespace) -> int:
         return 0
     if a.workload == "broden-disk":
         rows, extra = run_broden_disk(a.images, a.distinct, a.model, a.layer, a.checkpoint, a.batch_size, a.quantile,
-                                      a.decode_workers, a.cache_activations)  # fmt: skip
+                                      a.decode_workers, a.cache_activations, a.counts_out)  # fmt: skip
+        if a.memory:
+            extra.update(disk_memory_check(a.images, a.distinct, a.model, a.layer, a.checkpoint, a.batch_size,
+                                           a.decode_workers))  # fmt: skip
         print(format_stages(rows))
         for k, v in extra.items():
             print(f"{k}: {v}")

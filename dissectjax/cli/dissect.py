@@ -18,6 +18,7 @@ from dissectjax.cli.common import (
     table,
 )
 from dissectjax.data.open import PROBE_SIZE, open_probe
+from dissectjax.dissect.cache import PLACES, Pipeline, default_decode_workers
 from dissectjax.dissect.config import DETECTOR_RULES, SEMANTICS, STRATEGIES, DissectConfig
 from dissectjax.dissect.demo import DEMO_BATCH, DEMO_LAYERS, run_demo
 from dissectjax.dissect.result import LayerResult
@@ -107,8 +108,9 @@ def cmd_dissect(args) -> int:
     for key in ("checkpoint", "activations"):
         if getattr(args, key):
             info[key] = os.path.abspath(getattr(args, key))
+    pipeline = Pipeline(args.cache_activations, args.cache_dir, args.decode_workers)
     results = run_dissection(source, dataset, config, args.out, info, progress, say, not args.no_resume,
-                             args.save_every, not args.no_report)  # fmt: skip
+                             args.save_every, not args.no_report, pipeline)  # fmt: skip
     if main_process:
         print(format_table(results))
     return 0
@@ -184,6 +186,14 @@ def add_parsers(sub) -> None:
                    help="skip rows whose image or segmentation files are missing (reports how many)")  # fmt: skip
     s.add_argument("--strategy", choices=STRATEGIES,
                    help="tally kernels (default: dense on GPU/TPU, sparse on CPU); identical counts")  # fmt: skip
+    s.add_argument("--cache-activations", choices=PLACES, default="auto",
+                   help="where a model's activations are kept between passes, so its forward pass runs once: "
+                        "device, host, file (a scratch file, deleted after), none (recompute), or auto: the first "
+                        "of device, host, file with room (default: %(default)s); identical counts")  # fmt: skip
+    s.add_argument("--cache-dir", help="directory of a file cache (default: the system's temporary directory)")
+    s.add_argument("--decode-workers", type=non_negative_int, default=default_decode_workers(),
+                   help="processes decoding a Broden directory's rows, 0 for threads of this process "
+                        "(default here: %(default)s)")  # fmt: skip
     s.add_argument("--no-resume", action="store_true",
                    help="start afresh: do not save or reuse the state of an interrupted run")  # fmt: skip
     s.add_argument("--save-every", type=finite_float, default=60.0, metavar="SECONDS",

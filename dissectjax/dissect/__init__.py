@@ -1,6 +1,7 @@
 """Network Dissection of a source's layers on a probe set (docs/ARCHITECTURE.md, Semantics and Outputs).
 
     config.py      DissectConfig: quantile, IoU threshold, batching
+    cache.py       Pipeline, ActivationCache: activations kept between passes, decoding processes
     protocols.py   Source, ProbeDataset, Progress: what a dissection reads and reports through
     sources.py     ModelSource (a model's layers), ArraySource (stored activations), labelled_pixels
     kernels.py     the compiled per-batch kernels of a device mesh
@@ -15,6 +16,7 @@ Every public name is importable from here: ``from dissectjax.dissect import diss
 """
 
 from dissectjax.dissect.accumulate import Accumulator
+from dissectjax.dissect.cache import Pipeline
 from dissectjax.dissect.config import DissectConfig
 from dissectjax.dissect.driver import Passes, dissect
 from dissectjax.dissect.kernels import Kernels, kernels
@@ -33,6 +35,7 @@ __all__ = [
     "LayerResult",
     "ModelSource",
     "Passes",
+    "Pipeline",
     "ProbeDataset",
     "Progress",
     "ResumeFile",

@@ -6,6 +6,8 @@ or ``"max"`` at each leaf, saying how two batches' values combine.
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -16,6 +18,12 @@ from dissectjax.stats.tally import Counts
 REDUCE = {"sum": (jnp.add, np.add), "min": (jnp.minimum, np.minimum), "max": (jnp.maximum, np.maximum)}
 HISTOGRAM_REDUCTIONS = ("sum", "min", "max", "sum")  # prefix_histogram: counts, kmin, kmax, nonfinite
 COUNT_REDUCTIONS = Counts("sum", "sum", "sum")  # tally: intersection, unit_area, concept_area
+
+
+@functools.partial(jax.jit, static_argnums=0, donate_argnums=1)
+def _combine(reductions, total, value):
+    """The running device total combined with one batch's value, in place (``total`` is donated)."""
+    return jax.tree.map(lambda r, a, b: REDUCE[r][0](a, b), reductions, total, value)
 
 
 class Accumulator:
@@ -41,7 +49,7 @@ class Accumulator:
         if self._device is None:
             self._device = value
         else:
-            self._device = jax.tree.map(lambda r, a, b: REDUCE[r][0](a, b), self._reductions, self._device, value)
+            self._device = _combine(self._reductions, self._device, value)
         self._bound += bound
 
     def flush(self):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from dissectjax.dissect.cache import Pipeline
 from dissectjax.dissect.config import DissectConfig
 from dissectjax.dissect.driver import dissect, per_device_batch
 from dissectjax.dissect.protocols import ProbeDataset, Progress, Say, Source, no_progress, silent
@@ -81,6 +82,7 @@ def run_dissection(
     resume: bool = True,
     save_every: float = 60.0,
     report: bool = True,
+    pipeline: Pipeline = Pipeline(),
 ) -> dict[str, LayerResult]:
     """Dissects and writes ``out`` atomically (on the main process); returns {layer: LayerResult}.
 
@@ -88,7 +90,8 @@ def run_dissection(
     ``dataset``, ``checkpoint`` and ``activations`` are fingerprinted for resuming).
     With ``resume``, the state is saved every ``save_every`` seconds and a killed run with
     the same inputs continues where it stopped. With ``report``, also the top images and
-    ``report.html``.
+    ``report.html``. ``pipeline``: how the passes run (:class:`~dissectjax.dissect.cache.Pipeline`;
+    results are identical whichever way).
     """
     parallel = DataParallel.create()
     inputs = input_paths(info)
@@ -100,10 +103,10 @@ def run_dissection(
         if parallel.is_main and resume_file.load() is not None:
             say(f"resuming from {path}")
     if not parallel.is_main:
-        return dissect(source, probe, config, progress, parallel, resume_file)
+        return dissect(source, probe, config, progress, parallel, resume_file, pipeline)
     with atomic_directory(out, inputs) as tmp:  # made first: an unwritable --out fails before any computation
         try:
-            results = dissect(source, probe, config, progress, parallel, resume_file)
+            results = dissect(source, probe, config, progress, parallel, resume_file, pipeline)
         except KeyboardInterrupt:
             if resume_file is not None and os.path.exists(resume_file.path):
                 say(f"interrupted: the state saved at the last checkpoint is in {resume_file.path}; "

@@ -61,8 +61,11 @@ def quad_runs(n_out: int, n_in: int):
 
 
 def _bound(count: int, floor: int = 256) -> int:
-    """A static size for ``count`` items: the next power of two, at least ``floor``."""
-    return max(floor, 1 << max(0, int(count) - 1).bit_length())
+    """A static size for ``count`` items, at least ``floor``: the next of 4, 5, 6 or 7 times a
+    power of two (padding wastes at most a quarter; four programs per octave)."""
+    count = max(int(count), floor)
+    step = 1 << max(0, count.bit_length() - 3)  # an eighth to a quarter of count
+    return -(-count // step) * step if count > 4 * step else 4 * step
 
 
 def _corners(acts, ys, xs):
