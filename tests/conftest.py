@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import os
 import sys
+import tempfile
+
+# One XLA compilation cache for the whole run, shared by both xdist workers and every CLI
+# subprocess a test starts (they inherit the environment): a program is compiled once and
+# loaded after that. Compiling is a large share of this suite's time on a small CPU. Set
+# before JAX is first imported; a compiled program gives the same results however it was obtained.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(tempfile.gettempdir(), "dissectjax-tests-xla-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "0")
 
 import numpy as np
 import pytest

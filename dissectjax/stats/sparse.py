@@ -60,7 +60,7 @@ def quad_runs(n_out: int, n_in: int):
     return starts, run_lo, run_hi, frac, inside, longest
 
 
-def _bound(count: int, floor: int = 256) -> int:
+def _bound(count: int, floor: int = 2048) -> int:
     """A static size for ``count`` items, at least ``floor``: the next of 4, 5, 6 or 7 times a
     power of two (padding wastes at most a quarter; four programs per octave)."""
     count = max(int(count), floor)

@@ -66,40 +66,38 @@ def assert_same(a, b):
             np.testing.assert_array_equal(getattr(a[name], field), getattr(b[name], field), err_msg=f"{name} {field}")
 
 
-def test_every_cache_place_gives_the_counts_of_recomputing(broden_dir, scenenet_source, tmp_path):
-    ds = BrodenDataset(broden_dir[0])
-    plan_batches = len(batch_plan(ds, 4))
-    recomputed = Counting(scenenet_source)
-    reference = run(recomputed, ds, Pipeline(cache="none"))
-    passes = recomputed.calls // plan_batches
-    assert recomputed.calls % plan_batches == 0 and passes >= 3  # two or more threshold passes, then the tally
-    for place in ("device", "host", "file", "auto"):
-        counted = Counting(scenenet_source)
-        scratch = tmp_path / place
-        scratch.mkdir()
-        result = run(counted, ds, Pipeline(cache=place, cache_dir=str(scratch)))
-        assert_same(reference, result)
-        assert counted.calls == plan_batches, place  # the forward pass once per batch
-        assert os.listdir(scratch) == []  # a file cache deletes its scratch directory
-
-
-def test_with_a_cache_images_are_decoded_once_and_label_maps_only_for_the_tally(broden_dir, scenenet_source):
+@pytest.fixture(scope="module")
+def recomputed(broden_dir, scenenet_source):
+    """Every pass recomputing the activations: (results, forward passes, loads, batches)."""
     ds = Recording(BrodenDataset(broden_dir[0]))
-    run(scenenet_source, ds, Pipeline(cache="host"))
-    batches = len(batch_plan(ds, 4))
+    source = Counting(scenenet_source)
+    results = run(source, ds, Pipeline(cache="none"))
+    return results, source.calls, ds.loads, len(batch_plan(ds, 4))
+
+
+def test_without_a_cache_every_pass_runs_the_forward_pass_and_decodes_images(recomputed):
+    _, calls, loads, batches = recomputed
+    assert calls % batches == 0 and calls // batches >= 3  # two or more threshold passes, then the tally
+    assert loads[-batches:] == [(True, True)] * batches  # the tally decodes the images again, and the label maps
+
+
+@pytest.mark.parametrize("place", ["device", "host", "file"])
+def test_every_cache_place_gives_the_counts_of_recomputing(broden_dir, scenenet_source, recomputed, place, tmp_path):
+    reference, _, _, batches = recomputed
+    ds = Recording(BrodenDataset(broden_dir[0]))
+    counted = Counting(scenenet_source)
+    result = run(counted, ds, Pipeline(cache=place, cache_dir=str(tmp_path)))
+    assert_same(reference, result)
+    assert counted.calls == batches  # the forward pass once per batch
     assert ds.loads[:batches] == [(True, False)] * batches  # pass 1: images, no label maps
-    assert ds.loads[-batches:] == [(False, True)] * batches  # tally: label maps only
     assert all(load == (False, False) for load in ds.loads[batches:-batches])  # later threshold passes: nothing
-    ds.loads.clear()
-    run(scenenet_source, ds, Pipeline(cache="none"))
-    assert ds.loads[-batches:] == [(True, True)] * batches  # without: images again, with the label maps
+    assert ds.loads[-batches:] == [(False, True)] * batches  # tally: label maps only
+    assert os.listdir(tmp_path) == []  # a file cache deletes its scratch directory
 
 
-def test_decoding_processes_give_the_batches_of_threads(broden_dir, scenenet_source):
-    ds = BrodenDataset(broden_dir[0])
-    threads = run(scenenet_source, ds, Pipeline(cache="none"))
-    processes = run(scenenet_source, ds, Pipeline(cache="none", decode_workers=2))
-    assert_same(threads, processes)
+def test_decoding_processes_give_the_batches_of_threads(broden_dir, scenenet_source, recomputed):
+    processes = run(scenenet_source, BrodenDataset(broden_dir[0]), Pipeline(cache="none", decode_workers=2))
+    assert_same(recomputed[0], processes)
 
 
 def test_a_bad_row_decoded_in_another_process_is_the_same_one_line_error(tmp_path):
@@ -112,7 +110,7 @@ def test_a_bad_row_decoded_in_another_process_is_the_same_one_line_error(tmp_pat
     source = ModelSource(model, init_variables(model, (20, 20, 3)), ["conv5"], (20, 20, 3))
     with pytest.raises(DissectError, match=r"index.csv line 6 \(im004.png\): image file .* is missing"):
         dissect(source, BrodenDataset(str(root)), DissectConfig(0.05, batch_size=2),
-                pipeline=Pipeline(decode_workers=2))  # fmt: skip
+                pipeline=Pipeline(decode_workers=1))  # fmt: skip
 
 
 def test_auto_keeps_nothing_for_stored_activations(broden_dir):
