@@ -115,6 +115,57 @@ def load_rows(ds: ProbeDataset, rows: np.ndarray, images: bool, labels: bool) ->
     return ProbeBatch(image_batch, label_batch, rows.astype(np.int64), valid)
 
 
+class Decoder:
+    """Decodes a probe set's batches ahead of use, pass after pass: in ``processes`` spawned
+    worker processes, started once and kept until :meth:`close` (each holds a copy of ``ds``,
+    which must pickle), or with 0 in a pool of ``workers`` threads. The batches are the same
+    either way; ``prefetch`` batches per worker are decoded ahead."""
+
+    def __init__(self, ds: ProbeDataset, processes: int = 0, workers: int = 4, prefetch: int = 4):
+        self.ds = ds
+        if processes:
+            context = multiprocessing.get_context("spawn")  # never fork a process running XLA's threads
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                processes, mp_context=context, initializer=_hold_dataset, initargs=(ds,)
+            )
+            self._load, self._ahead = _load_held, processes * (prefetch + 1)
+        else:
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe")
+            self._load, self._ahead = ds.load_batch, prefetch + workers
+
+    def batches(self, plan: list[np.ndarray], images: bool = True, labels: bool = True) -> Iterator[ProbeBatch]:
+        """Yields the batches of ``plan`` in order (``images``, ``labels``: what to decode)."""
+        if not images and not labels:  # nothing to decode: the rows alone
+            for rows in plan:
+                yield self.ds.load_batch(rows, False, False)
+            return
+        pending: collections.deque = collections.deque()
+        todo = iter(plan)
+        try:
+            for rows in todo:
+                pending.append(self._executor.submit(self._load, rows, images, labels))
+                if len(pending) >= self._ahead:
+                    break
+            while pending:
+                batch = pending.popleft().result()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append(self._executor.submit(self._load, nxt, images, labels))
+                yield batch
+        finally:
+            for future in pending:  # a consumer that stops early does not wait for decoding it will not use
+                future.cancel()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> Decoder:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
 def iterate_batches(
     ds: ProbeDataset,
     plan: list[np.ndarray],
@@ -124,41 +175,10 @@ def iterate_batches(
     prefetch: int = 4,
     processes: int = 0,
 ) -> Iterator[ProbeBatch]:
-    """Yields the batches of ``plan`` in order, decoded ahead of use: by ``processes`` worker
-    processes (each holds a copy of ``ds``, which must pickle), or with 0 by a pool of
-    ``workers`` threads. Either way the batches are the same; ``prefetch`` batches per worker
-    are decoded ahead."""
-    if not plan:
-        return
-    if not images and not labels:  # nothing to decode: the rows alone
-        for rows in plan:
-            yield ds.load_batch(rows, False, False)
-        return
-    if processes:
-        context = multiprocessing.get_context("spawn")  # never fork a process running XLA's threads
-        executor = concurrent.futures.ProcessPoolExecutor(processes, mp_context=context,
-                                                          initializer=_hold_dataset, initargs=(ds,))  # fmt: skip
-        load, ahead = _load_held, processes * (prefetch + 1)
-    else:
-        executor = concurrent.futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="probe")
-        load, ahead = ds.load_batch, prefetch + workers
-    with executor:
-        pending: collections.deque = collections.deque()
-        todo = iter(plan)
-        try:
-            for rows in todo:
-                pending.append(executor.submit(load, rows, images, labels))
-                if len(pending) >= ahead:
-                    break
-            while pending:
-                batch = pending.popleft().result()
-                nxt = next(todo, None)
-                if nxt is not None:
-                    pending.append(executor.submit(load, nxt, images, labels))
-                yield batch
-        finally:
-            for future in pending:  # a consumer that stops early does not wait for decoding it will not use
-                future.cancel()
+    """Yields the batches of ``plan`` in order, decoded ahead of use by a :class:`Decoder` made
+    for this one pass (``processes`` worker processes, or with 0 ``workers`` threads)."""
+    with Decoder(ds, processes, workers, prefetch) as decoder:
+        yield from decoder.batches(plan, images, labels)
 
 
 _HELD: list = []  # a decoding process's copy of the dataset (set once, by the pool's initializer)

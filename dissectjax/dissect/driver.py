@@ -22,7 +22,7 @@ import jax
 import numpy as np
 
 from dissectjax.data.concepts import Concepts
-from dissectjax.data.probe import ProbeBatch, batch_plan, iterate_batches
+from dissectjax.data.probe import Decoder, ProbeBatch, batch_plan
 from dissectjax.dissect.accumulate import COUNT_REDUCTIONS, HISTOGRAM_REDUCTIONS, Accumulator
 from dissectjax.dissect.cache import ActivationCache, Pipeline, cache_bytes, open_cache
 from dissectjax.dissect.config import DissectConfig
@@ -182,6 +182,8 @@ class Passes:
         self.top = {name: TopImages(source.units[name], config.top_k) for name in self.layers}
         self.cache = self._open_cache()
         self._filling = False  # whether the current pass keeps what the source computes
+        processes = pipeline.decode_workers if getattr(probe, "decodes_files", False) else 0
+        self._decoder = Decoder(probe, processes)  # its processes (if any) serve every pass, until close()
 
     def _open_cache(self) -> ActivationCache | None:
         maps = getattr(self.source, "map_shapes", None) or {}
@@ -198,18 +200,18 @@ class Passes:
         return self.cache is not None and self.cache.complete
 
     def close(self) -> None:
-        """Drops the kept activations (and deletes a cache file)."""
+        """Drops the kept activations (and deletes a cache file), and stops the decoding processes."""
         if self.cache is not None:
             self.cache.close()
             self.cache = None
+        self._decoder.close()
 
     # batches: this process's rows of every global batch, sharded onto the mesh
     def _batches(self, start: int, labels: bool, desc: str) -> Iterator[ProbeBatch]:
         local_plan = [self.parallel.local_rows(rows) for rows in self.plan[start:]]
         self._filling = self.cache is not None and not self.cache.complete and start == 0
         images = self.source.needs_images and not self.cached
-        processes = self.pipeline.decode_workers if getattr(self.probe, "decodes_files", False) else 0
-        batches = iterate_batches(self.probe, local_plan, images=images, labels=labels, processes=processes)
+        batches = self._decoder.batches(local_plan, images=images, labels=labels)
         return self.progress(batches, total=len(self.plan), initial=start, desc=desc, unit="batch", leave=False)
 
     def _activations(self, i: int, batch: ProbeBatch) -> dict[str, jax.Array]:
