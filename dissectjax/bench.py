@@ -414,7 +414,12 @@ def memory_check(images: int, pool: int, batch_size: int) -> dict[str, str]:
 def disk_memory_check(images: int, distinct: int, model: str, layer: str, checkpoint: str | None,
                       batch_size: int, decode_workers: int) -> dict[str, str]:  # fmt: skip
     """Peak RSS of broden-disk runs, each in a fresh process: N and 8N images keeping no
-    activations (flat in N), and N and 8N keeping them (``auto``: they grow with N)."""
+    activations (flat in N), and N and 8N keeping them (``auto``: they grow with N). The sets
+    are generated first, here, so that no measured process includes their generation."""
+    from dissectjax.data.broden_disk import ensure_broden_disk
+
+    for n in (images, 8 * images):
+        ensure_broden_disk(n, distinct)
     out = {}
     for cache in ("none", "auto"):
         for n in (images, 8 * images):

@@ -21,8 +21,9 @@ import csv
 import json
 import os
 
-from dissectjax.analysis.spread import markdown, over_seeds
+from dissectjax.analysis.spread import markdown, over_seeds, without_draw
 from dissectjax.cli import main as cli
+from dissectjax.results import write_csv
 
 SHORTCUT = "checkpoints/scenenet-shortcut{}"
 CLEAN = {0: "checkpoints/scenenet", 1: "checkpoints/scenenet-seed1"}  # demo recipe, no cue
@@ -71,13 +72,8 @@ def main():
                             "--out", more, "--quiet"]) == 0  # fmt: skip
             rows += [{"seed": seed, **r} for r in csv.DictReader(open(os.path.join(more, "fixes.csv")))
                      if r["name"] != "original"]  # fmt: skip
-    os.makedirs(os.path.dirname(a.csv) or ".", exist_ok=True)
-    with open(a.csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    draws = lambda name: name.split(" (draw")[0]  # random draws pool with the seeds
-    table = over_seeds(rows, "name", FIELDS, group=draws)
+    write_csv(a.csv, rows)
+    table = over_seeds(rows, "name", FIELDS, group=without_draw)  # random draws pool with the seeds
     print(f"\nconv5, k = {a.k}; mean ± std over seeds (random units: over seeds and draws); wrote {a.csv}")
     print(markdown(table, "name", FIELDS, {"parameters_changed": 0, "seconds": 1}))
     for r in rows:

@@ -20,8 +20,9 @@ import csv
 import json
 import os
 
-from dissectjax.analysis.spread import markdown, over_seeds
+from dissectjax.analysis.spread import markdown, over_seeds, without_draw
 from dissectjax.cli import main as cli
+from dissectjax.results import write_csv
 
 PAIRS = ",".join(("checkpoints/scenenet-seed1:checkpoints/scenenet-notree",
                   "checkpoints/scenenet:checkpoints/scenenet-notree-seed1",
@@ -63,12 +64,8 @@ def main():
                             "--no-finetune", "--out", more, "--quiet"]) == 0  # fmt: skip
             swept = csv.DictReader(open(os.path.join(more, "knowledge.csv")))
             rows += [{"pair": f"{source}->{target}", **r} for r in swept if r["name"].startswith("transplant")]
-    os.makedirs(os.path.dirname(a.csv) or ".", exist_ok=True)
-    with open(a.csv, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-    table = over_seeds(rows, "name", FIELDS, group=lambda name: name.split(" (draw")[0])
+    write_csv(a.csv, rows)
+    table = over_seeds(rows, "name", FIELDS, group=without_draw)  # random draws pool with the seeds
     print(
         f"\nconv5, k = {a.k}, concept tree; mean ± std over pairs (random units: over pairs and draws); wrote {a.csv}"
     )

@@ -14,6 +14,16 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 
+def without_draw(name: str) -> str:
+    """A row name without its random draw (``"random-4 (draw 2)"`` -> ``"random-4"``): to pool
+    random draws with the seeds, as ``over_seeds(..., group=without_draw)``.
+
+    >>> without_draw("random-4 (draw 2)"), without_draw("zero top-4")
+    ('random-4', 'zero top-4')
+    """
+    return name.split(" (draw")[0]
+
+
 def over_seeds(rows: Iterable[Mapping], name: str, fields: Sequence[str],
                group: Callable[[str], str] = lambda n: n) -> list[dict]:  # fmt: skip
     """One row per ``group(row[name])`` (first-seen order): ``n`` rows, and each field's mean

@@ -204,10 +204,10 @@ class _Session:
 
 def _retrained(path: str, model, config: dict):
     """``--retrained``: (variables, training seconds) of the same architecture retrained without the bug."""
-    from dissectjax.cli.surgery import _load
+    from dissectjax.cli.surgery import _load, _same_architecture
 
     other, variables, other_config = _load(path)
-    if other != model or other_config["input_shape"] != config["input_shape"]:
+    if not _same_architecture(other, other_config, model, config):
         raise DissectError(f"--retrained {path} ({other_config['model']}) is another architecture than --checkpoint "
                            f"({config['model']}): the baseline must be the same network retrained")  # fmt: skip
     seconds = other_config.get("seconds")

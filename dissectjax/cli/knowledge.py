@@ -30,7 +30,7 @@ from dissectjax.errors import DissectError
 def cmd_transplant_concept(args) -> int:
     import jax.numpy as jnp
 
-    from dissectjax.cli.surgery import _check_layer, _load
+    from dissectjax.cli.surgery import _check_layer, _load, _same_architecture
     from dissectjax.data import synthetic
     from dissectjax.models.unit_wiring import unit_wiring
     from dissectjax.output_dir import check_output_path
@@ -42,7 +42,7 @@ def cmd_transplant_concept(args) -> int:
         raise DissectError(f"--random-draws must be >= 0, got {args.random_draws}")
     model, source, config = _load(args.source)
     other, target, config_b = _load(args.target)
-    if model != other or config["input_shape"] != config_b["input_shape"]:
+    if not _same_architecture(model, config, other, config_b):
         raise DissectError(f"{args.source} ({config['model']}) and {args.target} ({config_b['model']}) are "
                            "different architectures: a transplant needs two instances of one")  # fmt: skip
     if tuple(config["input_shape"])[-1] != 3:

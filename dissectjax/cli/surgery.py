@@ -44,6 +44,12 @@ def _load(path: str):
     return load_checkpoint(path, fold=True)  # whitened axes become plain units (same function)
 
 
+def _same_architecture(model_a, config_a: dict, model_b, config_b: dict) -> bool:
+    """Whether two checkpoints (as :func:`_load` gives them: folded, so a concept-whitened network
+    equals its plain twin) are instances of one architecture on images of one shape."""
+    return model_a == model_b and list(config_a["input_shape"]) == list(config_b["input_shape"])
+
+
 def _labelled(args, split: str, config: dict, model):
     """``--data``'s ``split`` images (at most ``--images``) at the checkpoint's input size."""
     from dissectjax.cli.common import progress_bars
@@ -179,7 +185,7 @@ def cmd_transplant(args) -> int:
 
     model_a, vars_a, config_a = _load(args.source)
     model_b, vars_b, config_b = _load(args.target)
-    if model_a != model_b or config_a["input_shape"] != config_b["input_shape"]:  # compared after folding
+    if not _same_architecture(model_a, config_a, model_b, config_b):
         raise DissectError(
             f"{args.source} ({config_a['model']}) and {args.target} ({config_b['model']}) are different architectures"
         )

@@ -12,8 +12,10 @@ import csv
 import dataclasses
 import os
 import re
+import shutil
+import tempfile
 import warnings
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 from PIL import Image
@@ -340,6 +342,28 @@ class BrodenDataset:
                 f"{self._where(i)}: label number {int(numbers[unknown].flat[0])} is not listed in label.csv"
             )
         return out.astype(np.int32)
+
+
+def generate_once(root: str, write: Callable[[str], None], marker: str = "index.csv") -> str:
+    """``root``, made by ``write(path)`` on first use (the directory ``path`` must not exist yet):
+    written under a temporary name beside ``root`` and renamed into place, so an interrupted
+    generation never leaves a half-written set behind; ``root/marker`` says it is there."""
+    if os.path.isfile(os.path.join(root, marker)):
+        return root
+    parent = os.path.dirname(os.path.abspath(root))
+    os.makedirs(parent, exist_ok=True)
+    tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}-", dir=parent)
+    try:
+        target = os.path.join(tmp, "set")
+        write(target)
+        try:
+            os.rename(target, root)
+        except OSError:
+            if not os.path.isfile(os.path.join(root, marker)):  # lost a race to a twin? fine
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
 
 
 def write_broden(

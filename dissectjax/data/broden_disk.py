@@ -15,13 +15,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 
 import numpy as np
 
-from dissectjax.data.broden import BrodenRow, LabelInfo, write_broden
+from dissectjax.data.broden import BrodenRow, LabelInfo, generate_once, write_broden
 from dissectjax.data.concepts import Concepts
 
 BRODEN_ROWS = 63_305  # images in Broden 1.0 (224 px)
@@ -124,18 +122,5 @@ def ensure_broden_disk(rows: int, distinct: int = 2048, seed: int = 0, cache_dir
 
     cache_dir = cache_dir or default_cache_dir()
     root = os.path.join(cache_dir, f"broden-disk-{rows}-d{min(distinct, rows)}-s{seed}-v{GENERATOR_VERSION}")
-    if os.path.isfile(os.path.join(root, "broden-disk.json")):
-        return root
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".broden-disk-", dir=cache_dir)
-    try:
-        target = os.path.join(tmp, "broden")
-        write_broden_disk(target, rows, distinct, seed, progress)
-        try:
-            os.rename(target, root)
-        except OSError:
-            if not os.path.isfile(os.path.join(root, "broden-disk.json")):
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+    return generate_once(root, lambda target: write_broden_disk(target, rows, distinct, seed, progress),
+                         marker="broden-disk.json")  # fmt: skip

@@ -189,4 +189,9 @@ def _hold_dataset(ds: ProbeDataset) -> None:
 
 
 def _load_held(rows: np.ndarray, images: bool, labels: bool) -> ProbeBatch:
-    return _HELD[0].load_batch(rows, images, labels)
+    """A batch decoded in a worker process, its label maps sent back as int16 where the concept
+    indices fit (half the bytes through the pipe; the kernels widen them)."""
+    batch = _HELD[0].load_batch(rows, images, labels)
+    if batch.labels is not None and len(_HELD[0].concepts) < np.iinfo(np.int16).max:
+        batch = batch._replace(labels=batch.labels._replace(pixel=batch.labels.pixel.astype(np.int16)))
+    return batch

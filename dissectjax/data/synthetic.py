@@ -24,13 +24,11 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 
 import numpy as np
 
-from dissectjax.data.broden import BrodenRow, LabelInfo, write_broden
+from dissectjax.data.broden import BrodenRow, LabelInfo, generate_once, write_broden
 from dissectjax.errors import DissectError
 
 GENERATOR_VERSION = 3  # part of the cache key: bump when stored images or labels change
@@ -499,24 +497,13 @@ def ensure_broden(config: SyntheticConfig, cache_dir: str | None = None, progres
     interrupted generation never leaves a half-written set behind.
     """
     cache_dir = cache_dir or default_cache_dir()
-    root = os.path.join(cache_dir, f"synthetic-{config.size}-s{config.seed}-{config.key()}")
-    if os.path.isfile(os.path.join(root, "index.csv")):
-        return root
-    os.makedirs(cache_dir, exist_ok=True)
-    tmp = tempfile.mkdtemp(prefix=".synthetic-", dir=cache_dir)
-    try:
-        target = os.path.join(tmp, "broden")
+
+    def write(target: str) -> None:
         rows = (generate_row(config, i) for i in range(config.size))
         if progress is not None:
             rows = progress(rows, total=config.size, desc="generating synthetic scenes")
         write_broden(target, CATEGORIES, label_table(), rows)
         with open(os.path.join(target, "synthetic.json"), "w") as f:
             json.dump({**dataclasses.asdict(config), "version": GENERATOR_VERSION}, f, indent=1)
-        try:
-            os.rename(target, root)
-        except OSError:
-            if not os.path.isfile(os.path.join(root, "index.csv")):  # lost a race to a twin? fine
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return root
+
+    return generate_once(os.path.join(cache_dir, f"synthetic-{config.size}-s{config.seed}-{config.key()}"), write)

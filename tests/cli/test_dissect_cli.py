@@ -173,3 +173,19 @@ def test_refuses_to_overwrite_unrelated_directory(tmp_path, broden_dir):
     code = main(["dissect", "--activations", str(tmp_path / "a.npy"), "--dataset", root,
                  "--out", str(tmp_path / "precious"), "--quiet"])  # fmt: skip
     assert code == 2 and (tmp_path / "precious" / "notes.txt").read_text() == "my work"
+
+
+def test_where_activations_are_kept_and_who_decodes_do_not_change_the_counts(tmp_path, broden_dir):
+    root, _, _ = broden_dir
+    scratch = tmp_path / "scratch"
+    scratch.mkdir()
+    common = ["dissect", "--dataset", root, "--model", "scenenet", "--layers", "conv4", "--quantile", "0.05",
+              "--batch-size", "8", "--quiet", "--no-report"]  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "kept"), "--cache-activations", "file", "--cache-dir",
+                 str(scratch), "--decode-workers", "1"]) == 0  # fmt: skip
+    assert main([*common, "--out", str(tmp_path / "recomputed"), "--cache-activations", "none",
+                 "--decode-workers", "0"]) == 0  # fmt: skip
+    kept, recomputed = (np.load(tmp_path / d / "conv4" / "counts.npz") for d in ("kept", "recomputed"))
+    for name in ("thresholds", "intersection", "unit_area", "concept_area"):
+        np.testing.assert_array_equal(kept[name], recomputed[name])
+    assert os.listdir(scratch) == []  # the scratch file is gone
