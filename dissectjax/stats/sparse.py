@@ -129,22 +129,29 @@ class SparseTally:
             mask &= iy_runs[gy][:, :, None] & ix_runs[gx][:, None, :] & ok[:, None, None]
             batch, units = active.shape[0], active.shape[3]
             area = jnp.zeros((batch, units), jnp.int32).at[b, u].add(jnp.sum(mask, axis=(1, 2), dtype=jnp.int32))
-            masked = jax.lax.pmax(jnp.sum(mask, dtype=jnp.int32), DATA)
-            return (b, gy, gx, u), mask, area, masked
+            # each tile row's mask: its length and first pixel, and whether it is one interval
+            lengths = jnp.sum(mask, axis=2, dtype=jnp.int32)  # [K, Ty]
+            first = jnp.argmax(mask, axis=2).astype(jnp.int32)
+            last = mask.shape[2] - 1 - jnp.argmax(mask[:, :, ::-1], axis=2).astype(jnp.int32)
+            broken = (lengths > 0) & (last - first + 1 != lengths)
+            sizes = jnp.stack([jnp.sum(mask, dtype=jnp.int32), jnp.sum(lengths > 0, dtype=jnp.int32),
+                               jnp.sum(broken, dtype=jnp.int32)])  # fmt: skip
+            return (b, gy, gx, u), mask, (lengths, first), area, jax.lax.pmax(sizes, DATA)
 
-        return self._map(tiles, (P(DATA), P(), P(DATA)), ((P(DATA),) * 4, P(DATA), P(DATA), P()))
+        quad_spec = (P(DATA),) * 4
+        return self._map(tiles, (P(DATA), P(), P(DATA)), (quad_spec, P(DATA), (P(DATA), P(DATA)), P(DATA), P()))
 
     @functools.lru_cache(maxsize=32)  # noqa: B019
-    def _pixels_fn(self, starts_y, starts_x, bound, num_categories, rule: Rules):
+    def _pixels_fn(self, starts_y, starts_x, bound, row_bound, num_categories, rule: Rules):
         sy, sx = jnp.asarray(np.array(starts_y)), jnp.asarray(np.array(starts_x))
 
-        def pixels(quads, mask, area, labels, category):
+        def pixels(quads, mask, runs, area, labels, category):
             b, gy, gx, u = quads
             num_concepts = category.shape[0]
             _, layers, sh, sw = labels.pixel.shape
             ids, whole, pixel_count = prepare_labels(labels, num_concepts, rule.repeats)
-            k, r, c = jnp.nonzero(mask, size=bound, fill_value=0)
-            ok = (jnp.arange(bound) < jnp.sum(mask)).astype(jnp.int32)
+            k, r, c, ok = _masked_rows(runs, bound, row_bound) if row_bound else _masked_pixels(mask, bound)
+            ok = ok.astype(jnp.int32)
             flat = (sy[gy[k]] + r) * sw + (sx[gx[k]] + c)
             hit = ids[b[k], :, flat]  # [K2, L] concept of each masked pixel in each layer
             slot = u[k][:, None] * (num_concepts + 1) + hit
@@ -162,7 +169,7 @@ class SparseTally:
             return jax.tree.map(lambda x: jax.lax.psum(x, DATA), counts)
 
         quad_spec = (P(DATA),) * 4
-        return self._map(pixels, (quad_spec, P(DATA), P(DATA), P(DATA), P()), P())
+        return self._map(pixels, (quad_spec, P(DATA), (P(DATA), P(DATA)), P(DATA), P(DATA), P()), P())
 
     def __call__(self, acts, labels: LabelBatch, thresholds, category, num_categories: int, rule: Rules):
         _, h, w, _ = acts.shape
@@ -175,10 +182,37 @@ class SparseTally:
         if self.fallback is not None and count > self.dense_share * per_device:
             return self.fallback(acts, labels, thresholds, category, num_categories, rule)
         tiles = self._tiles_fn(geometry, (_Static(fy), _Static(iy)), (_Static(fx), _Static(ix)), _bound(count))
-        quads, mask, area, masked = tiles(acts, thresholds, labels.valid)
-        pixels = self._pixels_fn(tuple(sy.tolist()), tuple(sx.tolist()), _bound(int(to_host(masked))),
-                                 num_categories, rule)  # fmt: skip
-        return pixels(quads, mask, area, labels, category)
+        quads, mask, runs, area, sizes = tiles(acts, thresholds, labels.valid)
+        masked, rows, broken = (int(x) for x in to_host(sizes))
+        row_bound = _bound(rows) if not broken else 0  # every row's mask one interval: enumerate rows, not pixels
+        pixels = self._pixels_fn(tuple(sy.tolist()), tuple(sx.tolist()), _bound(masked), row_bound, num_categories,
+                                 rule)  # fmt: skip
+        return pixels(quads, mask, runs, area, labels, category)
+
+
+def _masked_pixels(mask, bound: int):
+    """(tile k, row r, column c, in use) of every masked pixel of the tiles mask [K, Ty, Tx],
+    padded to ``bound`` entries: one ``nonzero`` over every pixel of the tiles."""
+    k, r, c = jnp.nonzero(mask, size=bound, fill_value=0)
+    return k, r, c, jnp.arange(bound) < jnp.sum(mask)
+
+
+def _masked_rows(runs, bound: int, row_bound: int):
+    """The same as :func:`_masked_pixels` where each tile row's mask is one interval (runs:
+    lengths [K, Ty] and first columns [K, Ty]): a ``nonzero`` over the rows, then each row's
+    interval spelled out. Bilinear values along a tile row are monotone (``lerp`` with fixed
+    ends is monotone in its weight, and the weights increase along a run), so the masked
+    pixels of a row are one interval; the caller checks it, batch by batch."""
+    lengths, first = runs
+    k_row, r_row = jnp.nonzero(lengths > 0, size=row_bound, fill_value=0)
+    length = jnp.where(jnp.arange(row_bound) < jnp.sum(lengths > 0), lengths[k_row, r_row], 0)
+    start = jnp.cumsum(length) - length
+    which = jnp.repeat(jnp.arange(row_bound), length, total_repeat_length=bound)  # the row of each entry
+    j = jnp.arange(bound)
+    ok = j < jnp.sum(length)
+    k, r = k_row[which], r_row[which]
+    c = jnp.where(ok, first[k, r] + j - start[which], 0)
+    return k, r, c, ok
 
 
 class _Static:

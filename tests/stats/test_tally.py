@@ -190,3 +190,43 @@ def test_lite_padding_rows_count_nothing():
                            num_categories=5)  # fmt: skip
         for a, b in zip(full, padded):
             np.testing.assert_array_equal(a, b)
+
+
+def test_masked_pixels_from_row_intervals_are_the_masked_pixels():
+    """The sparse tally spells out each tile row's interval (``_masked_rows``) instead of
+    compacting every tile pixel (``_masked_pixels``); on masks whose rows are intervals both give
+    the same set of (tile, row, column), in any order, and the rows of bilinear tiles are intervals."""
+    from dissectjax.stats.sparse import _masked_pixels, _masked_rows
+
+    rng = np.random.default_rng(0)
+    tiles, rows, cols = 40, 6, 9
+    start = rng.integers(0, cols, (tiles, rows))
+    length = np.where(rng.random((tiles, rows)) < 0.4, 0, rng.integers(1, cols + 1, (tiles, rows)))
+    length = np.minimum(length, cols - start)
+    x = np.arange(cols)
+    mask = (x >= start[..., None]) & (x < (start + length)[..., None])
+    bound = 1024
+    got = _masked_rows((jnp.asarray(length, jnp.int32), jnp.asarray(np.where(length > 0, start, 0), jnp.int32)),
+                       bound, 256)  # fmt: skip
+    want = _masked_pixels(jnp.asarray(mask), bound)
+    as_set = lambda k, r, c, ok: set(zip(*(np.asarray(v)[np.asarray(ok)].tolist() for v in (k, r, c))))
+    assert as_set(*got) == as_set(*want) and len(as_set(*want)) == mask.sum()
+    assert int(np.asarray(got[3]).sum()) == mask.sum()  # no entry twice
+
+
+def test_bilinear_tile_rows_are_intervals():
+    """What the row enumeration relies on, on the tiles the sparse tally builds: at every threshold,
+    each row of every quad's upsampled values is above it on one interval of columns."""
+    from dissectjax.stats.upsample import upsample
+
+    rng = np.random.default_rng(1)
+    acts = jnp.asarray(rng.gamma(1.0, size=(3, 7, 7, 16)).astype(np.float32))
+    up = np.asarray(upsample(acts, (112, 112)))  # [3, 112, 112, 16]
+    starts, *_ = quad_runs(112, 7)
+    for t in np.quantile(up, [0.5, 0.9, 0.99]):
+        for a, b in zip(starts, [*starts[1:], 112]):
+            m = up[:, :, a:b] > t  # [3, 112 rows, run columns, 16]
+            first = np.argmax(m, axis=2)
+            last = m.shape[2] - 1 - np.argmax(m[:, :, ::-1], axis=2)
+            n = m.sum(axis=2)
+            assert np.all((n == 0) | (last - first + 1 == n))
