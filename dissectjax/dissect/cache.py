@@ -61,12 +61,16 @@ def cache_bytes(layers: Mapping[str, tuple[int, ...]], rows: int, itemsize: int 
 
 
 def host_memory() -> int | None:
-    """Bytes of host memory available (Linux ``MemAvailable``), None where unknown."""
+    """Bytes of host memory available: ``MemAvailable`` of /proc/meminfo (Linux), else free
+    pages; None where unknown. (The driver's ``device_memory`` on a CPU backend, too.)"""
     try:
         with open("/proc/meminfo") as f:
             return next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     except (OSError, StopIteration, ValueError, IndexError):
-        return None
+        try:
+            return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError, AttributeError):
+            return None
 
 
 def choose_place(need: int, device_free: int | None, host_free: int | None, disk_free: int | None,

@@ -13,7 +13,6 @@ from the last save with bit-identical results.
 from __future__ import annotations
 
 import functools
-import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import NamedTuple
@@ -24,7 +23,7 @@ import numpy as np
 from dissectjax.data.concepts import Concepts
 from dissectjax.data.probe import Decoder, ProbeBatch, batch_plan
 from dissectjax.dissect.accumulate import COUNT_REDUCTIONS, HISTOGRAM_REDUCTIONS, Accumulator
-from dissectjax.dissect.cache import ActivationCache, Pipeline, cache_bytes, open_cache
+from dissectjax.dissect.cache import ActivationCache, Pipeline, cache_bytes, host_memory, open_cache
 from dissectjax.dissect.config import DissectConfig
 from dissectjax.dissect.kernels import kernels
 from dissectjax.dissect.protocols import ProbeDataset, Progress, Source, no_progress
@@ -109,15 +108,8 @@ def device_memory() -> int | None:
     stats = devices[0].memory_stats() if hasattr(devices[0], "memory_stats") else None
     if stats and "bytes_limit" in stats:
         return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
-    try:
-        with open("/proc/meminfo") as f:
-            available = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
-    except (OSError, StopIteration, ValueError, IndexError):
-        try:
-            available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, AttributeError):
-            return None
-    return available // len(devices)
+    available = host_memory()
+    return None if available is None else available // len(devices)
 
 
 def check_batch_memory(source: Source, probe: ProbeDataset, config: DissectConfig,
