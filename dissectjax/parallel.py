@@ -80,6 +80,20 @@ class DataParallel:
     def replicate(self, value: np.ndarray) -> jax.Array:
         return jax.device_put(np.asarray(value), self.replicated)
 
+    def across(self, reduction: str) -> Callable[[jax.Array], jax.Array]:
+        """The collective that combines a per-device value over the mesh (inside ``shard_map``):
+        ``"sum"``, ``"min"`` or ``"max"``; the identity on a one-device mesh, where XLA would
+        still copy the value through an all-reduce."""
+        if self.size == 1:
+            return lambda x: x
+        op = {"sum": jax.lax.psum, "min": jax.lax.pmin, "max": jax.lax.pmax}[reduction]
+        return lambda x: op(x, DATA)
+
+    def shard_map(self, fn: Callable, in_specs, out_specs) -> Callable:
+        """``jax.shard_map`` over the mesh. On one device the outputs :meth:`across` leaves
+        alone are replicated trivially, which the replication check cannot see: it is off."""
+        return jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=self.size > 1)
+
     def reduce(self, fn: Callable, num_batched: int, reductions) -> Callable:
         """Compiles ``fn`` per device over batch shards, reducing its outputs over the mesh.
 
@@ -87,15 +101,14 @@ class DataParallel:
         static keyword arguments) are replicated. ``reductions`` mirrors the output
         pytree with "sum", "min" or "max" at each leaf.
         """
-        ops = {"sum": jax.lax.psum, "min": jax.lax.pmin, "max": jax.lax.pmax}
 
         def build(*args, **static):
             def per_device(*a):
                 out = fn(*a, **static)
-                return jax.tree.map(lambda r, x: ops[r](x, DATA), reductions, out)
+                return jax.tree.map(lambda r, x: self.across(r)(x), reductions, out)
 
             specs = tuple(P(DATA) if i < num_batched else P() for i in range(len(args)))
-            return jax.shard_map(per_device, mesh=self.mesh, in_specs=specs, out_specs=P())(*args)
+            return self.shard_map(per_device, specs, P())(*args)
 
         return build
 

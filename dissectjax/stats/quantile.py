@@ -70,29 +70,30 @@ def prefix_histogram(
     """
     units = acts.shape[-1]
     nbins = 1 << bits
-    flat = acts.reshape(acts.shape[0], -1, units)
-    keys = order_key(flat)  # [B, P, U]
-    finite = jnp.isfinite(flat)
-    keep = valid[:, None, None] & finite
+    # unit-major [U, B, P]: consecutive values land in one unit's bins (the scatter stays in cache)
+    values = jnp.moveaxis(acts.reshape(acts.shape[0], -1, units), -1, 0)
+    keys = order_key(values)
+    finite = jnp.isfinite(values)
+    keep = valid[None, :, None] & finite
     if depth > 0:
-        keep &= (keys >> (KEY_BITS - depth)) == (prefix >> (KEY_BITS - depth))[None, None, :]
+        keep &= (keys >> (KEY_BITS - depth)) == (prefix >> (KEY_BITS - depth))[:, None, None]
     shift = KEY_BITS - depth - bits
     bins = ((keys >> shift) & jnp.uint32(nbins - 1)).astype(jnp.int32)
-    bins = jnp.where(keep, bins, nbins)  # out-of-bucket values land in a dropped bin
-    # one flat index per value; XLA's CPU scatter is much faster 1-D and on signed ints
-    index = (jnp.arange(units, dtype=jnp.int32) * (nbins + 1) + bins).ravel()
+    # one flat index per value (XLA's CPU scatter is much faster 1-D and on signed ints);
+    # out-of-bucket values point past the end and are dropped
+    size = units * nbins
+    index = jnp.where(keep, jnp.arange(units, dtype=jnp.int32)[:, None, None] * nbins + bins, size).ravel()
     signed = jax.lax.bitcast_convert_type(keys ^ _SIGN, jnp.int32).ravel()  # same order as the keys
-    size = units * (nbins + 1)
-    counts = jnp.zeros(size, jnp.int32).at[index].add(1).reshape(units, nbins + 1)[:, :nbins]
-    nonfinite = jnp.sum(valid[:, None, None] & ~finite, axis=(0, 1), dtype=jnp.int32)
+    counts = jnp.zeros(size, jnp.int32).at[index].add(1, mode="drop").reshape(units, nbins)
+    nonfinite = jnp.sum(valid[None, :, None] & ~finite, axis=(1, 2), dtype=jnp.int32)
     if not extremes:
         none = jnp.zeros((units, 0), jnp.uint32)
         return counts, none, none, nonfinite
-    smin = jnp.full(size, jnp.iinfo(jnp.int32).max, jnp.int32).at[index].min(signed)
-    smax = jnp.full(size, jnp.iinfo(jnp.int32).min, jnp.int32).at[index].max(signed)
+    smin = jnp.full(size, jnp.iinfo(jnp.int32).max, jnp.int32).at[index].min(signed, mode="drop")
+    smax = jnp.full(size, jnp.iinfo(jnp.int32).min, jnp.int32).at[index].max(signed, mode="drop")
 
     def unsigned(x):
-        return jax.lax.bitcast_convert_type(x.reshape(units, nbins + 1)[:, :nbins], jnp.uint32) ^ _SIGN
+        return jax.lax.bitcast_convert_type(x.reshape(units, nbins), jnp.uint32) ^ _SIGN
 
     return counts, unsigned(smin), unsigned(smax), nonfinite
 

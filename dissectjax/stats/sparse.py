@@ -6,7 +6,7 @@ grid is split into quads: runs of rows (and columns) that interpolate between th
 pair of low-resolution rows (columns). Per batch:
 
 1. count the (image, unit, quad) triples whose corner maximum exceeds the threshold;
-2. compact them (``jnp.nonzero`` with a static bound chosen from the count), upsample
+2. compact them (:func:`dissectjax.stats.compact.nonzero`, with a static bound chosen from the count), upsample
    only their tiles, and threshold: the unit masks, tile by tile; and count the masked
    pixels;
 3. compact the masked pixels (a second static bound), look up their labels in every
@@ -23,6 +23,7 @@ mesh.
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,6 +31,7 @@ import numpy as np
 from jax.sharding import PartitionSpec as P
 
 from dissectjax.parallel import DATA, DataParallel, to_host
+from dissectjax.stats.compact import count_through, nonzero, nonzero_nd
 from dissectjax.stats.semantics import Rules
 from dissectjax.stats.tally import LabelBatch, assemble_counts, label_categories, prepare_labels
 from dissectjax.stats.upsample import lerp, sample_coords
@@ -95,7 +97,7 @@ class SparseTally:
         self.dense_share = dense_share
 
     def _map(self, fn, in_specs, out_specs):
-        return jax.jit(jax.shard_map(fn, mesh=self.dp.mesh, in_specs=in_specs, out_specs=out_specs))
+        return jax.jit(self.dp.shard_map(fn, in_specs, out_specs))
 
     @functools.lru_cache(maxsize=32)  # noqa: B019 (one instance per mesh, kept for the run)
     def _count_fn(self, geometry):
@@ -103,13 +105,15 @@ class SparseTally:
 
         def count(acts, thresholds, valid):
             active, _ = _active(acts.astype(jnp.float32), thresholds, valid, ys, xs)
-            return jax.lax.pmax(jnp.sum(active, dtype=jnp.int32), DATA)
+            return self.dp.across("max")(jnp.sum(active, dtype=jnp.int32))
 
         return self._map(count, (P(DATA), P(), P(DATA)), P())
 
     @functools.lru_cache(maxsize=32)  # noqa: B019
-    def _tiles_fn(self, geometry, tiles_y, tiles_x, bound):
+    def _tiles_fn(self, geometry, tiles_y, tiles_x, bound, label_size, starts_y, starts_x):
         ys, xs = _arrays(geometry)
+        sy, sx = jnp.asarray(np.array(starts_y)), jnp.asarray(np.array(starts_x))
+        sh, sw = label_size
         fy_runs, iy_runs = (jnp.asarray(a.array) for a in tiles_y)
         fx_runs, ix_runs = (jnp.asarray(a.array) for a in tiles_x)
 
@@ -117,7 +121,7 @@ class SparseTally:
             acts = acts.astype(jnp.float32)
             active, (c00, c01, c10, c11) = _active(acts, thresholds, valid, ys, xs)
             n = jnp.sum(active, dtype=jnp.int32)
-            b, gy, gx, u = jnp.nonzero(active, size=bound, fill_value=0)
+            (b, gy, gx, u), _ = nonzero_nd(active, bound)
             ok = jnp.arange(bound) < n
             fy, fx = fy_runs[gy], fx_runs[gx]  # [K, T]
             at = (b, gy, gx, u)
@@ -136,40 +140,63 @@ class SparseTally:
             broken = (lengths > 0) & (last - first + 1 != lengths)
             sizes = jnp.stack([jnp.sum(mask, dtype=jnp.int32), jnp.sum(lengths > 0, dtype=jnp.int32),
                                jnp.sum(broken, dtype=jnp.int32)])  # fmt: skip
-            return (b, gy, gx, u), mask, (lengths, first), area, jax.lax.pmax(sizes, DATA)
+            # where each tile row starts in the batch's flattened label maps, and whose tile it is
+            origin = (b[:, None] * sh + sy[gy][:, None] + jnp.arange(mask.shape[1])) * sw + sx[gx][:, None]
+            table = _Tiles(origin, u, b * units + u, mask, lengths, first)
+            return table, area, self.dp.across("max")(sizes)
 
-        quad_spec = (P(DATA),) * 4
-        return self._map(tiles, (P(DATA), P(), P(DATA)), (quad_spec, P(DATA), (P(DATA), P(DATA)), P(DATA), P()))
+        return self._map(tiles, (P(DATA), P(), P(DATA)), (_Tiles(*(P(DATA),) * 6), P(DATA), P()))
 
     @functools.lru_cache(maxsize=32)  # noqa: B019
-    def _pixels_fn(self, starts_y, starts_x, bound, row_bound, num_categories, rule: Rules):
-        sy, sx = jnp.asarray(np.array(starts_y)), jnp.asarray(np.array(starts_x))
+    def _labels_fn(self, num_concepts: int, repeats: bool):
+        def prepare(labels):
+            ids, whole, pixel_count = prepare_labels(labels, num_concepts, repeats)
+            batch, layers, pixels = ids.shape
+            return jnp.swapaxes(ids, 1, 2).reshape(batch * pixels, layers), whole, pixel_count
 
-        def pixels(quads, mask, runs, area, labels, category):
-            b, gy, gx, u = quads
-            num_concepts = category.shape[0]
-            _, layers, sh, sw = labels.pixel.shape
-            ids, whole, pixel_count = prepare_labels(labels, num_concepts, rule.repeats)
-            k, r, c, ok = _masked_rows(runs, bound, row_bound) if row_bound else _masked_pixels(mask, bound)
-            ok = ok.astype(jnp.int32)
-            flat = (sy[gy[k]] + r) * sw + (sx[gx[k]] + c)
-            hit = ids[b[k], :, flat]  # [K2, L] concept of each masked pixel in each layer
-            slot = u[k][:, None] * (num_concepts + 1) + hit
+        # its own program: fused into the gathers of the pixels, every lookup would recompute it
+        return self._map(prepare, (P(DATA),), (P(DATA), P(DATA), P(DATA)))
+
+    @functools.lru_cache(maxsize=32)  # noqa: B019
+    def _entries_fn(self, bound, row_bound, num_concepts, num_categories):
+        def entries(tiles: _Tiles, area):
             batch, units = area.shape
-            pixel_inter = jnp.zeros(units * (num_concepts + 1), jnp.int32).at[slot.ravel()].add(jnp.repeat(ok, layers))
+            intervals = _row_intervals(tiles, row_bound) if row_bound else _pixel_intervals(tiles, bound)
+            which, position, ok = _spell_out(intervals.length, bound)
+            row = intervals.row[which]  # [P] the tile row of each entry
+            tile = row // tiles.origin.shape[1]
+            pixel = tiles.origin.ravel()[row] + (intervals.first - position.start)[which] + position.entry
+            # padding entries point past the end of the counts, and are dropped
+            slot = jnp.where(ok, tiles.unit[tile] * (num_concepts + 1), units * (num_concepts + 1))
+            cell = jnp.where(ok, tiles.cell[tile] * (num_categories + 1), batch * units * (num_categories + 1))
+            return _Masked(jnp.where(ok, pixel, 0), slot, cell)
+
+        # its own program: fused into the per-layer lookups, every entry's arithmetic would be redone per layer
+        return self._map(entries, (_Tiles(*(P(DATA),) * 6), P(DATA)), _Masked(*(P(DATA),) * 3))
+
+    @functools.lru_cache(maxsize=32)  # noqa: B019
+    def _pixels_fn(self, num_categories, rule: Rules):
+        def pixels(masked: _Masked, area, prepared, valid, category):
+            pixel_ids, whole, pixel_count = prepared  # [B * sh * sw, L], [B, C], [B, C]
+            num_concepts = category.shape[0]
+            batch, units = area.shape
+            hit = pixel_ids[masked.pixel]  # [P, L] concept of each masked pixel in each layer
+            size = units * (num_concepts + 1)
+            slot = masked.slot[:, None] + hit
+            pixel_inter = jnp.zeros(size, jnp.int32).at[slot.ravel()].add(1, mode="drop")
             pixel_inter = pixel_inter.reshape(units, num_concepts + 1)[:, :num_concepts]
             covered = None
             if rule.area == "mask":  # the categories each unit's mask covers in each image
-                cats = label_categories(hit, category, num_categories)  # [K2, L]
-                rows, cols = jnp.broadcast_to(b[k][:, None], cats.shape), jnp.broadcast_to(u[k][:, None], cats.shape)
-                covered = jnp.zeros((batch, units, num_categories + 1), jnp.int32).at[rows, cols, cats].max(ok[:, None])
-                covered = covered[:, :, :num_categories] > 0
-            counts = assemble_counts(area, pixel_inter, whole, pixel_count, labels.valid, category, num_categories,
-                                     rule, sh * sw, covered)  # fmt: skip
-            return jax.tree.map(lambda x: jax.lax.psum(x, DATA), counts)
+                cells = batch * units * (num_categories + 1)
+                cell = masked.cell[:, None] + label_categories(hit, category, num_categories)  # [P, L]
+                covered = jnp.zeros(cells, bool).at[cell.ravel()].set(True, mode="drop")
+                covered = covered.reshape(batch, units, num_categories + 1)[:, :, :num_categories]
+            counts = assemble_counts(area, pixel_inter, whole, pixel_count, valid, category, num_categories, rule,
+                                     pixel_ids.shape[0] // batch, covered)  # fmt: skip
+            return jax.tree.map(self.dp.across("sum"), counts)
 
-        quad_spec = (P(DATA),) * 4
-        return self._map(pixels, (quad_spec, P(DATA), (P(DATA), P(DATA)), P(DATA), P(DATA), P()), P())
+        specs = (_Masked(*(P(DATA),) * 3), P(DATA), (P(DATA),) * 3, P(DATA), P())
+        return self._map(pixels, specs, P())
 
     def __call__(self, acts, labels: LabelBatch, thresholds, category, num_categories: int, rule: Rules):
         _, h, w, _ = acts.shape
@@ -177,42 +204,96 @@ class SparseTally:
         sy, ylo, yhi, fy, iy, _ = quad_runs(sh, h)
         sx, xlo, xhi, fx, ix, _ = quad_runs(sw, w)
         geometry = ((_Static(ylo), _Static(yhi)), (_Static(xlo), _Static(xhi)))
+        prepared = self._labels_fn(category.shape[0], rule.repeats)(labels)  # dispatched first, runs meanwhile
         count = int(to_host(self._count_fn(geometry)(acts, thresholds, labels.valid)))
         per_device = acts.shape[0] // self.dp.size * len(ylo) * len(xlo) * acts.shape[-1]
         if self.fallback is not None and count > self.dense_share * per_device:
             return self.fallback(acts, labels, thresholds, category, num_categories, rule)
-        tiles = self._tiles_fn(geometry, (_Static(fy), _Static(iy)), (_Static(fx), _Static(ix)), _bound(count))
-        quads, mask, runs, area, sizes = tiles(acts, thresholds, labels.valid)
+        tiles_fn = self._tiles_fn(geometry, (_Static(fy), _Static(iy)), (_Static(fx), _Static(ix)), _bound(count),
+                                  (sh, sw), tuple(sy.tolist()), tuple(sx.tolist()))  # fmt: skip
+        tiles, area, sizes = tiles_fn(acts, thresholds, labels.valid)
         masked, rows, broken = (int(x) for x in to_host(sizes))
         row_bound = _bound(rows) if not broken else 0  # every row's mask one interval: enumerate rows, not pixels
-        pixels = self._pixels_fn(tuple(sy.tolist()), tuple(sx.tolist()), _bound(masked), row_bound, num_categories,
-                                 rule)  # fmt: skip
-        return pixels(quads, mask, runs, area, labels, category)
+        entries = self._entries_fn(_bound(masked), row_bound, category.shape[0], num_categories)(tiles, area)
+        return self._pixels_fn(num_categories, rule)(entries, area, prepared, labels.valid, category)
 
 
-def _masked_pixels(mask, bound: int):
-    """(tile k, row r, column c, in use) of every masked pixel of the tiles mask [K, Ty, Tx],
-    padded to ``bound`` entries: one ``nonzero`` over every pixel of the tiles."""
-    k, r, c = jnp.nonzero(mask, size=bound, fill_value=0)
-    return k, r, c, jnp.arange(bound) < jnp.sum(mask)
+class _Tiles(NamedTuple):
+    """The active quads' tiles of a batch, K of them (padded; padding tiles have empty masks).
+
+    origin int32 [K, Ty]: each tile row's column 0 in the batch's flattened label maps;
+    unit int32 [K]: the tile's unit; cell int32 [K]: its (image, unit) pair, ``b * U + u``;
+    mask bool [K, Ty, Tx]: the tile's pixels above threshold; lengths int32 [K, Ty] and
+    first int32 [K, Ty]: each tile row's masked pixels and the first of them.
+    """
+
+    origin: jax.Array
+    unit: jax.Array
+    cell: jax.Array
+    mask: jax.Array
+    lengths: jax.Array
+    first: jax.Array
 
 
-def _masked_rows(runs, bound: int, row_bound: int):
-    """The same as :func:`_masked_pixels` where each tile row's mask is one interval (runs:
-    lengths [K, Ty] and first columns [K, Ty]): a ``nonzero`` over the rows, then each row's
-    interval spelled out. Bilinear values along a tile row are monotone (``lerp`` with fixed
-    ends is monotone in its weight, and the weights increase along a run), so the masked
-    pixels of a row are one interval; the caller checks it, batch by batch."""
-    lengths, first = runs
-    k_row, r_row = jnp.nonzero(lengths > 0, size=row_bound, fill_value=0)
-    length = jnp.where(jnp.arange(row_bound) < jnp.sum(lengths > 0), lengths[k_row, r_row], 0)
-    start = jnp.cumsum(length) - length
-    which = jnp.repeat(jnp.arange(row_bound), length, total_repeat_length=bound)  # the row of each entry
-    j = jnp.arange(bound)
-    ok = j < jnp.sum(length)
-    k, r = k_row[which], r_row[which]
-    c = jnp.where(ok, first[k, r] + j - start[which], 0)
-    return k, r, c, ok
+class _Masked(NamedTuple):
+    """The masked pixels of the tiles, one entry each (P, padded): pixel int32 [P], its index in
+    the batch's flattened label maps; slot int32 [P], where its unit's row of intersection
+    counts starts; cell int32 [P], where its (image, unit) pair's categories start. Padding
+    entries have slot and cell past the end."""
+
+    pixel: jax.Array
+    slot: jax.Array
+    cell: jax.Array
+
+
+class _Intervals(NamedTuple):
+    """Masked intervals of the tiles' rows, R of them, padded (length 0): row int32 [R] (index
+    into the K * Ty tile rows), first column int32 [R] and length int32 [R]."""
+
+    row: jax.Array
+    first: jax.Array
+    length: jax.Array
+
+
+class _Entries(NamedTuple):
+    """Where each spelled-out entry sits: start [R], the entry index of each interval's first
+    pixel; entry [P], 0, 1, 2, ... (an entry's column is ``first + entry - start``)."""
+
+    start: jax.Array
+    entry: jax.Array
+
+
+def _row_intervals(tiles: _Tiles, row_bound: int) -> _Intervals:
+    """The masked interval of every tile row with one: a ``nonzero`` over the rows. Bilinear
+    values along a tile row are monotone (``lerp`` with fixed ends is monotone in its weight,
+    and the weights increase along a run), so the masked pixels of a row are one interval;
+    the caller checks it, batch by batch."""
+    lengths, first = tiles.lengths.ravel(), tiles.first.ravel()
+    row, rows = nonzero(lengths > 0, row_bound)
+    length = jnp.where(jnp.arange(row_bound) < rows, lengths[row], 0)
+    return _Intervals(row, first[row], length)
+
+
+def _pixel_intervals(tiles: _Tiles, bound: int) -> _Intervals:
+    """Every masked pixel of the tiles as an interval of its own: one ``nonzero`` over every
+    pixel of the tiles (where a row's mask is not one interval)."""
+    tiles_y = tiles.mask.shape[1]
+    (tile, row, column), pixels = nonzero_nd(tiles.mask, bound)
+    length = (jnp.arange(bound) < pixels).astype(jnp.int32)
+    return _Intervals(tile * tiles_y + row, column, length)
+
+
+def _spell_out(length, bound: int):
+    """The entries of intervals of ``length`` [R], one per pixel, padded to ``bound``: which [P]
+    (the interval of each entry), :class:`_Entries`, and ok bool [P] (a real entry). Empty
+    intervals may only follow the last nonempty one (padding)."""
+    ends = jnp.cumsum(length)
+    start = ends - length
+    # an entry's interval: the intervals that start at or before it, less one
+    starts = jnp.zeros(bound, bool).at[jnp.where(length > 0, start, bound)].set(True, mode="drop")
+    which = jnp.maximum(count_through(starts) - 1, 0)
+    entry = jnp.arange(bound, dtype=jnp.int32)
+    return which, _Entries(start, entry), entry < ends[-1]
 
 
 class _Static:

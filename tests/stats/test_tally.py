@@ -193,10 +193,10 @@ def test_lite_padding_rows_count_nothing():
 
 
 def test_masked_pixels_from_row_intervals_are_the_masked_pixels():
-    """The sparse tally spells out each tile row's interval (``_masked_rows``) instead of
-    compacting every tile pixel (``_masked_pixels``); on masks whose rows are intervals both give
-    the same set of (tile, row, column), in any order, and the rows of bilinear tiles are intervals."""
-    from dissectjax.stats.sparse import _masked_pixels, _masked_rows
+    """The sparse tally spells out each tile row's interval (``_row_intervals``) instead of
+    compacting every tile pixel (``_pixel_intervals``); on masks whose rows are intervals both
+    give the same set of (tile, row, column), each once, and the rows of bilinear tiles are intervals."""
+    from dissectjax.stats.sparse import _pixel_intervals, _row_intervals, _spell_out, _Tiles
 
     rng = np.random.default_rng(0)
     tiles, rows, cols = 40, 6, 9
@@ -206,12 +206,20 @@ def test_masked_pixels_from_row_intervals_are_the_masked_pixels():
     x = np.arange(cols)
     mask = (x >= start[..., None]) & (x < (start + length)[..., None])
     bound = 1024
-    got = _masked_rows((jnp.asarray(length, jnp.int32), jnp.asarray(np.where(length > 0, start, 0), jnp.int32)),
-                       bound, 256)  # fmt: skip
-    want = _masked_pixels(jnp.asarray(mask), bound)
-    as_set = lambda k, r, c, ok: set(zip(*(np.asarray(v)[np.asarray(ok)].tolist() for v in (k, r, c))))
-    assert as_set(*got) == as_set(*want) and len(as_set(*want)) == mask.sum()
-    assert int(np.asarray(got[3]).sum()) == mask.sum()  # no entry twice
+
+    def pixels(intervals):
+        which, position, ok = _spell_out(intervals.length, bound)
+        column = intervals.first[which] + position.entry - position.start[which]
+        tile, row = np.divmod(np.asarray(intervals.row[which]), rows)
+        ok = np.asarray(ok)
+        return sorted(zip(tile[ok].tolist(), row[ok].tolist(), np.asarray(column)[ok].tolist()))
+
+    unused = jnp.zeros(tiles, jnp.int32)
+    table = _Tiles(jnp.zeros((tiles, rows), jnp.int32), unused, unused, jnp.asarray(mask), jnp.asarray(length, jnp.int32),
+                   jnp.asarray(np.where(length > 0, start, 0), jnp.int32))  # fmt: skip
+    got = pixels(_row_intervals(table, 256))
+    want = pixels(_pixel_intervals(table, bound))
+    assert got == want == sorted(zip(*np.nonzero(mask)))  # every masked pixel, none twice
 
 
 def test_bilinear_tile_rows_are_intervals():
