@@ -215,8 +215,8 @@ def test_masked_pixels_from_row_intervals_are_the_masked_pixels():
         return sorted(zip(tile[ok].tolist(), row[ok].tolist(), np.asarray(column)[ok].tolist()))
 
     unused = jnp.zeros(tiles, jnp.int32)
-    table = _Tiles(jnp.zeros((tiles, rows), jnp.int32), unused, unused, jnp.asarray(mask), jnp.asarray(length, jnp.int32),
-                   jnp.asarray(np.where(length > 0, start, 0), jnp.int32))  # fmt: skip
+    first = jnp.asarray(np.where(length > 0, start, 0), jnp.int32)
+    table = _Tiles(jnp.zeros((tiles, rows), jnp.int32), unused, unused, jnp.asarray(mask), jnp.asarray(length), first)
     got = pixels(_row_intervals(table, 256))
     want = pixels(_pixel_intervals(table, bound))
     assert got == want == sorted(zip(*np.nonzero(mask)))  # every masked pixel, none twice
