@@ -385,5 +385,5 @@ def _layer_result(
         seconds=seconds,
         top_images=None if top is None else top.rows,
         top_activations=None if top is None else top.values,
-        top_maps=None if top is None else top.maps,
+        top_maps=None if top is None else top.ranked_maps,
     )

@@ -133,11 +133,15 @@ class SparseTally:
             mask &= iy_runs[gy][:, :, None] & ix_runs[gx][:, None, :] & ok[:, None, None]
             batch, units = active.shape[0], active.shape[3]
             area = jnp.zeros((batch, units), jnp.int32).at[b, u].add(jnp.sum(mask, axis=(1, 2), dtype=jnp.int32))
-            # each tile row's mask: its length and first pixel, and whether it is one interval
+            # each tile row's mask: its length and first pixel, and whether it is one interval. Along a
+            # row the values are monotone (lerp in its weight), so the mask is a suffix of the row's
+            # columns where they rise and a prefix where they fall; checked below, batch by batch
             lengths = jnp.sum(mask, axis=2, dtype=jnp.int32)  # [K, Ty]
-            first = jnp.argmax(mask, axis=2).astype(jnp.int32)
-            last = mask.shape[2] - 1 - jnp.argmax(mask[:, :, ::-1], axis=2).astype(jnp.int32)
-            broken = (lengths > 0) & (last - first + 1 != lengths)
+            columns = jnp.sum(ix_runs[gx], axis=1, dtype=jnp.int32)[:, None]  # [K, 1] real columns of the tile
+            first = jnp.where(col_hi >= col_lo, columns - lengths, 0)
+            x = jnp.arange(mask.shape[2])
+            interval = (x >= first[:, :, None]) & (x < (first + lengths)[:, :, None])
+            broken = jnp.any(mask != interval, axis=2)
             sizes = jnp.stack([jnp.sum(mask, dtype=jnp.int32), jnp.sum(lengths > 0, dtype=jnp.int32),
                                jnp.sum(broken, dtype=jnp.int32)])  # fmt: skip
             # where each tile row starts in the batch's flattened label maps, and whose tile it is

@@ -238,3 +238,28 @@ def test_bilinear_tile_rows_are_intervals():
             last = m.shape[2] - 1 - np.argmax(m[:, :, ::-1], axis=2)
             n = m.sum(axis=2)
             assert np.all((n == 0) | (last - first + 1 == n))
+
+
+@pytest.mark.parametrize("semantics", ["netdissect", "lite"])
+def test_sparse_tally_enumerating_pixels_counts_the_same(monkeypatch, semantics):
+    """Where a tile row's mask is not one interval (it never is, for bilinear tiles), the sparse
+    tally enumerates every masked pixel instead: forced here, the counts stay those of the
+    segment tally."""
+    rng = np.random.default_rng(3)
+    acts, t, pixel, image, category = random_case(rng, n=6, units=5, layers=2, **CASES["non-integer-ratio"])
+    want = run_tally(acts, t, pixel, image, category, rules(semantics), "segment")
+    original = SparseTally._tiles_fn
+
+    def tiles_fn(self, *args):
+        tiles = original(self, *args)
+
+        def with_a_broken_row(*a):
+            table, area, sizes = tiles(*a)
+            return table, area, sizes.at[2].set(1)
+
+        return with_a_broken_row
+
+    monkeypatch.setattr(SparseTally, "_tiles_fn", tiles_fn)
+    got = run_tally(acts, t, pixel, image, category, rules(semantics), "sparse")
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
