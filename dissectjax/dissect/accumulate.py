@@ -44,12 +44,15 @@ class Accumulator:
         self.total = total
 
     def add(self, value, bound: int) -> None:
+        """Adds one batch's statistic (``value``, reduced over the mesh)."""
+        self.update(lambda total: value if total is None else _combine(self._reductions, total, value), bound)
+
+    def update(self, step, bound: int) -> None:
+        """``step(total) -> total``: adds one batch's statistic to the running device total (None
+        before the first), which ``step`` may update in place (donate it)."""
         if self._bound + bound > self._LIMIT:
             self.flush()
-        if self._device is None:
-            self._device = value
-        else:
-            self._device = _combine(self._reductions, self._device, value)
+        self._device = step(self._device)
         self._bound += bound
 
     def flush(self):

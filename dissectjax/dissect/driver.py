@@ -274,10 +274,9 @@ class Passes:
                 for name in active:
                     s = self.select[name]
                     a = acts[name]
-                    acc[name].add(
-                        self.kernels.histogram(a, valid, prefixes[name], s.depth, s.bits, s.extremes),
-                        int(np.prod(a.shape[:-1])),
-                    )
+                    step = functools.partial(self.kernels.histogram, a, valid, prefixes[name], s.depth, s.bits,
+                                             s.extremes)  # fmt: skip
+                    acc[name].update(step, int(np.prod(a.shape[:-1])))
                 self._maybe_save(functools.partial(self._state, "threshold", i + 1, acc))
             for name in active:
                 counts, kmin, kmax, nonfinite = acc[name].flush()

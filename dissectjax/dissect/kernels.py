@@ -13,7 +13,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from dissectjax.dissect.accumulate import COUNT_REDUCTIONS, HISTOGRAM_REDUCTIONS
+from dissectjax.dissect.accumulate import COUNT_REDUCTIONS, HISTOGRAM_REDUCTIONS, REDUCE
 from dissectjax.parallel import DataParallel
 from dissectjax.stats.quantile import prefix_histogram
 from dissectjax.stats.sparse import SparseTally
@@ -21,8 +21,9 @@ from dissectjax.stats.tally import tally
 
 
 class Kernels(NamedTuple):
-    """histogram(acts, valid bool [B], prefix, depth, bits, extremes) -> (counts, kmin, kmax, nonfinite),
-    the per-unit histograms of pass 1 (see :func:`~dissectjax.stats.quantile.prefix_histogram`);
+    """histogram(acts, valid bool [B], prefix, depth, bits, extremes, into) -> (counts, kmin, kmax,
+    nonfinite), the per-unit histograms of pass 1 (see :func:`~dissectjax.stats.quantile.prefix_histogram`)
+    added to ``into`` (a histogram it returned before, donated, or None);
     tally(acts, labels, thresholds float32 [U], category int32 [C], num_categories, rule, strategy)
     -> Counts (int32 [U, C], [U, K], [C]);
     image_max(acts) -> float [B, U], each image's maximum per unit;
@@ -39,11 +40,7 @@ class Kernels(NamedTuple):
 @functools.lru_cache(maxsize=8)
 def kernels(parallel: DataParallel) -> Kernels:
     """The kernels for ``parallel``'s mesh (compiled once per mesh and static arguments)."""
-    hist = parallel.reduce(prefix_histogram, 2, HISTOGRAM_REDUCTIONS)
-    histogram = jax.jit(
-        lambda a, v, p, depth, bits, extremes: hist(a, v, p, depth=depth, bits=bits, extremes=extremes),
-        static_argnums=(3, 4, 5),
-    )
+    histogram = jax.jit(_histogram(parallel), static_argnums=(3, 4, 5), donate_argnums=6)
     count = parallel.reduce(lambda a, labels, t, cat, **kw: tally(a, t, labels, cat, **kw), 2, COUNT_REDUCTIONS)
     dense = jax.jit(
         lambda a, labels, t, cat, k, rule, strategy: count(
@@ -65,3 +62,25 @@ def kernels(parallel: DataParallel) -> Kernels:
         lambda a, positions: a[positions, :, :, jnp.arange(a.shape[-1])[:, None]], out_shardings=parallel.replicated
     )
     return Kernels(histogram, tally_fn, image_max, unit_maps)
+
+
+def _histogram(parallel: DataParallel) -> Callable:
+    """A batch's histograms added to a running one. On one device the values are scattered
+    straight into the running arrays (in place: no fresh buffer per batch); on a mesh each
+    device's histogram is reduced over it first, then combined (integers: the same result)."""
+
+    def add(acts, valid, prefix, into, **static):
+        return prefix_histogram(acts, valid, prefix, into=into, **static)
+
+    reduce = parallel.reduce(add, 2, HISTOGRAM_REDUCTIONS)
+
+    def histogram(acts, valid, prefix, depth, bits, extremes, into=None):
+        static = dict(depth=depth, bits=bits, extremes=extremes)
+        if parallel.size == 1:
+            return reduce(acts, valid, prefix, into, **static)
+        batch = reduce(acts, valid, prefix, None, **static)
+        if into is None:
+            return batch
+        return jax.tree.map(lambda r, a, b: REDUCE[r][0](a, b), HISTOGRAM_REDUCTIONS, into, batch)
+
+    return histogram

@@ -49,7 +49,7 @@ def key_to_value(key: np.ndarray) -> np.ndarray:
 
 
 def prefix_histogram(
-    acts: jax.Array, valid: jax.Array, prefix: jax.Array, depth: int, bits: int, extremes: bool = True
+    acts: jax.Array, valid: jax.Array, prefix: jax.Array, depth: int, bits: int, extremes: bool = True, into=None
 ):
     """Histogram of the keys that start with each unit's ``prefix``, on their next ``bits`` bits.
 
@@ -62,11 +62,15 @@ def prefix_histogram(
       extremes: also the smallest and largest key per bin (static). The first pass skips
         them: its bins are too wide to settle a threshold, and its scatters, spread over
         every bin, cost most.
+      into: a histogram this function returned before, to add these values to (its arrays
+        updated in place where the caller donates them), or None for a fresh one.
 
     Returns:
-      counts int32 [U, 2**bits], kmin uint32 [U, 2**bits], kmax uint32 [U, 2**bits]
-      (kmin/kmax are the smallest/largest key in each bin; empty bins hold 0xFFFFFFFF/0;
-      [U, 0] without ``extremes``), and nonfinite int32 [U], the NaN/Inf values per unit.
+      counts int32 [U, 2**bits]; kmin int32 [U, 2**bits] and kmax int32 [U, 2**bits], the
+      smallest and largest key in each bin as *signed keys* (:func:`signed_key`: the same
+      order, and XLA's CPU scatter is much faster on signed ints; empty bins hold the int32
+      maximum and minimum; [U, 0] without ``extremes``); and nonfinite int32 [U], the NaN/Inf
+      values per unit.
     """
     units = acts.shape[-1]
     nbins = 1 << bits
@@ -79,23 +83,44 @@ def prefix_histogram(
         keep &= (keys >> (KEY_BITS - depth)) == (prefix >> (KEY_BITS - depth))[:, None, None]
     shift = KEY_BITS - depth - bits
     bins = ((keys >> shift) & jnp.uint32(nbins - 1)).astype(jnp.int32)
-    # one flat index per value (XLA's CPU scatter is much faster 1-D and on signed ints);
-    # out-of-bucket values point past the end and are dropped
+    # one flat index per value (XLA's CPU scatter is much faster 1-D); out-of-bucket values
+    # point past the end and are dropped
     size = units * nbins
     index = jnp.where(keep, jnp.arange(units, dtype=jnp.int32)[:, None, None] * nbins + bins, size).ravel()
-    signed = jax.lax.bitcast_convert_type(keys ^ _SIGN, jnp.int32).ravel()  # same order as the keys
-    counts = jnp.zeros(size, jnp.int32).at[index].add(1, mode="drop").reshape(units, nbins)
-    nonfinite = jnp.sum(valid[None, :, None] & ~finite, axis=(1, 2), dtype=jnp.int32)
+    if into is None:
+        into = empty_histogram(units, bits, extremes)
+    counts = into[0].reshape(size).at[index].add(1, mode="drop").reshape(units, nbins)
+    nonfinite = into[3] + jnp.sum(valid[None, :, None] & ~finite, axis=(1, 2), dtype=jnp.int32)
     if not extremes:
-        none = jnp.zeros((units, 0), jnp.uint32)
-        return counts, none, none, nonfinite
-    smin = jnp.full(size, jnp.iinfo(jnp.int32).max, jnp.int32).at[index].min(signed, mode="drop")
-    smax = jnp.full(size, jnp.iinfo(jnp.int32).min, jnp.int32).at[index].max(signed, mode="drop")
+        return counts, into[1], into[2], nonfinite
+    signed = signed_key(keys).ravel()
+    kmin = into[1].reshape(size).at[index].min(signed, mode="drop").reshape(units, nbins)
+    kmax = into[2].reshape(size).at[index].max(signed, mode="drop").reshape(units, nbins)
+    return counts, kmin, kmax, nonfinite
 
-    def unsigned(x):
-        return jax.lax.bitcast_convert_type(x.reshape(units, nbins), jnp.uint32) ^ _SIGN
 
-    return counts, unsigned(smin), unsigned(smax), nonfinite
+def empty_histogram(units: int, bits: int, extremes: bool):
+    """The histogram of no values, as :func:`prefix_histogram` returns them: zero counts, and
+    per-bin extremes that any key replaces (the int32 maximum and minimum; [U, 0] without
+    ``extremes``)."""
+    nbins = (1 << bits) if extremes else 0
+    return (
+        jnp.zeros((units, 1 << bits), jnp.int32),
+        jnp.full((units, nbins), jnp.iinfo(jnp.int32).max, jnp.int32),
+        jnp.full((units, nbins), jnp.iinfo(jnp.int32).min, jnp.int32),
+        jnp.zeros(units, jnp.int32),
+    )
+
+
+def signed_key(key: jax.Array) -> jax.Array:
+    """uint32 order keys -> int32 in the same order (the top bit flipped)."""
+    return jax.lax.bitcast_convert_type(key ^ _SIGN, jnp.int32)
+
+
+def unsigned_key(signed: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`signed_key`, on the host; uint32 input is returned as it is."""
+    signed = np.asarray(signed)
+    return signed if signed.dtype == np.uint32 else signed.astype(np.int32).view(np.uint32) ^ _SIGN
 
 
 @dataclasses.dataclass
@@ -180,8 +205,10 @@ class RadixSelect:
         self.level += 1
 
     def step(self, counts: np.ndarray, kmin: np.ndarray, kmax: np.ndarray) -> None:
-        """Narrow each unresolved unit's bucket with one pass's histogram ([U, 2**bits] each)."""
+        """Narrow each unresolved unit's bucket with one pass's histogram ([U, 2**bits] each;
+        extremes as :func:`prefix_histogram` returns them, or as uint32 keys)."""
         counts = np.asarray(counts, np.int64)
+        kmin, kmax = unsigned_key(kmin), unsigned_key(kmax)
         self._first_pass(counts)
         chosen, above = self._locate(counts, self.target_rank)
         rows = np.arange(self.units)
@@ -286,6 +313,7 @@ class LiteSelect(RadixSelect):
 
     def step(self, counts: np.ndarray, kmin: np.ndarray, kmax: np.ndarray) -> None:
         counts = np.asarray(counts, np.int64)
+        kmin, kmax = unsigned_key(kmin), unsigned_key(kmax)
         self._first_pass(counts)
         if kmin.shape[1] == 0:
             raise ValueError("Lite thresholds need per-bin extremes in every pass")
