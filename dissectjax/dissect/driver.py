@@ -267,7 +267,12 @@ class Passes:
                     acc[name].total = unflatten(f"threshold/{name}", HISTOGRAM_REDUCTIONS, saved)
             saved = None
 
-            prefixes = {name: self.parallel.replicate(self.select[name].prefix) for name in active}
+            # late passes histogram only the units still open
+            subsets = {name: self.select[name].open_units() for name in active}
+            units = {name: np.arange(self.select[name].units) if u is None else u for name, u in subsets.items()}
+            prefixes = {name: self.parallel.replicate(self.select[name].prefix[units[name]]) for name in active}
+            on_device = {name: None if u is None else self.parallel.replicate(u.astype(np.int32))
+                         for name, u in subsets.items()}  # fmt: skip
             for i, batch in enumerate(self._batches(start, False, f"thresholds, pass {level + 1}"), start=start):
                 acts = self._activations(i, batch)
                 valid = self.parallel.shard(batch.valid)
@@ -275,18 +280,18 @@ class Passes:
                     s = self.select[name]
                     a = acts[name]
                     step = functools.partial(self.kernels.histogram, a, valid, prefixes[name], s.depth, s.bits,
-                                             s.extremes)  # fmt: skip
-                    acc[name].update(step, int(np.prod(a.shape[:-1])))
+                                             s.extremes, units=on_device[name])  # fmt: skip
+                    acc[name].update(lambda into, step=step: step(into=into), int(np.prod(a.shape[:-1])))
                 self._maybe_save(functools.partial(self._state, "threshold", i + 1, acc))
             for name in active:
                 counts, kmin, kmax, nonfinite = acc[name].flush()
                 if nonfinite.any():
-                    u = int(np.argmax(nonfinite > 0))
+                    u = int(units[name][np.argmax(nonfinite > 0)])
                     raise DissectError(
                         f"layer {name!r} has {int(nonfinite.sum())} NaN/Inf activation values (first in unit {u}); "
                         "fix the model or the activations file"
                     )
-                self.select[name].step(counts, kmin, kmax)
+                self.select[name].step(counts, kmin, kmax, subsets[name])
             self._maybe_save(functools.partial(self._state, "select", 0, {}), force=True)
         return {name: s.thresholds for name, s in self.select.items()}
 

@@ -21,9 +21,10 @@ from dissectjax.stats.tally import tally
 
 
 class Kernels(NamedTuple):
-    """histogram(acts, valid bool [B], prefix, depth, bits, extremes, into) -> (counts, kmin, kmax,
+    """histogram(acts, valid bool [B], prefix, depth, bits, extremes, into, units) -> (counts, kmin, kmax,
     nonfinite), the per-unit histograms of pass 1 (see :func:`~dissectjax.stats.quantile.prefix_histogram`)
-    added to ``into`` (a histogram it returned before, donated, or None);
+    added to ``into`` (a histogram it returned before, donated, or None), of the units int32 [k]
+    ``units`` names (None: all; ``prefix`` then holds theirs);
     tally(acts, labels, thresholds float32 [U], category int32 [C], num_categories, rule, strategy)
     -> Counts (int32 [U, C], [U, K], [C]);
     image_max(acts) -> float [B, U], each image's maximum per unit;
@@ -74,8 +75,10 @@ def _histogram(parallel: DataParallel) -> Callable:
 
     reduce = parallel.reduce(add, 2, HISTOGRAM_REDUCTIONS)
 
-    def histogram(acts, valid, prefix, depth, bits, extremes, into=None):
+    def histogram(acts, valid, prefix, depth, bits, extremes, into=None, units=None):
         static = dict(depth=depth, bits=bits, extremes=extremes)
+        if units is not None:  # only these units' values (prefix: theirs already)
+            acts = jnp.take(acts, units, axis=-1)
         if parallel.size == 1:
             return reduce(acts, valid, prefix, into, **static)
         batch = reduce(acts, valid, prefix, None, **static)

@@ -171,6 +171,30 @@ class RadixSelect:
     def done(self) -> bool:
         return bool(self.resolved.all())
 
+    def open_units(self) -> np.ndarray | None:
+        """int [k]: the units still searched, padded to a power of two by repeating the last
+        (few compiled shapes), for a pass that histograms only them; None where more than half
+        are still open (a pass over every unit then costs about the same)."""
+        open_ = np.flatnonzero(~self.resolved)
+        if self.level == 0 or not 0 < len(open_) <= self.units // 2:
+            return None
+        return np.pad(open_, (0, (1 << (len(open_) - 1).bit_length()) - len(open_)), mode="edge")
+
+    def _whole(self, counts: np.ndarray, kmin: np.ndarray, kmax: np.ndarray, units: np.ndarray | None):
+        """A histogram of the ``units`` rows (:meth:`open_units`) as one of every unit (the
+        others empty), extremes as uint32 keys."""
+        kmin, kmax = unsigned_key(kmin), unsigned_key(kmax)
+        if units is None:
+            return np.asarray(counts, np.int64), kmin, kmax
+        whole = (
+            np.zeros((self.units, counts.shape[1]), np.int64),
+            np.full((self.units, kmin.shape[1]), 0xFFFFFFFF, np.uint32),
+            np.zeros((self.units, kmax.shape[1]), np.uint32),
+        )
+        for full, part in zip(whole, (counts, kmin, kmax)):
+            full[units] = part
+        return whole
+
     @property
     def target_rank(self) -> int:
         """Number of values that should lie strictly above the threshold."""
@@ -204,11 +228,11 @@ class RadixSelect:
         self.above = np.where(narrow, above, self.above)
         self.level += 1
 
-    def step(self, counts: np.ndarray, kmin: np.ndarray, kmax: np.ndarray) -> None:
+    def step(self, counts: np.ndarray, kmin: np.ndarray, kmax: np.ndarray, units: np.ndarray | None = None) -> None:
         """Narrow each unresolved unit's bucket with one pass's histogram ([U, 2**bits] each;
-        extremes as :func:`prefix_histogram` returns them, or as uint32 keys)."""
-        counts = np.asarray(counts, np.int64)
-        kmin, kmax = unsigned_key(kmin), unsigned_key(kmax)
+        extremes as :func:`prefix_histogram` returns them, or as uint32 keys), or with the
+        histogram of the ``units`` rows that :meth:`open_units` named ([k, 2**bits] each)."""
+        counts, kmin, kmax = self._whole(counts, kmin, kmax, units)
         self._first_pass(counts)
         chosen, above = self._locate(counts, self.target_rank)
         rows = np.arange(self.units)
@@ -311,9 +335,8 @@ class LiteSelect(RadixSelect):
     def extremes(self) -> bool:
         return True
 
-    def step(self, counts: np.ndarray, kmin: np.ndarray, kmax: np.ndarray) -> None:
-        counts = np.asarray(counts, np.int64)
-        kmin, kmax = unsigned_key(kmin), unsigned_key(kmax)
+    def step(self, counts: np.ndarray, kmin: np.ndarray, kmax: np.ndarray, units: np.ndarray | None = None) -> None:
+        counts, kmin, kmax = self._whole(counts, kmin, kmax, units)
         self._first_pass(counts)
         if kmin.shape[1] == 0:
             raise ValueError("Lite thresholds need per-bin extremes in every pass")

@@ -30,20 +30,23 @@ def test_order_key_is_monotone_and_invertible():
     np.testing.assert_array_equal(key_to_value(keys), np.where(x == 0, 0.0, x).astype(np.float32))
 
 
-def select(acts, quantile, batch=None, valid=None, search=RadixSelect):
-    """Runs the radix search on acts [N, h, w, U], in batches of ``batch`` rows."""
+def select(acts, quantile, batch=None, valid=None, search=RadixSelect, subsets=False):
+    """Runs the radix search on acts [N, h, w, U], in batches of ``batch`` rows; with ``subsets``,
+    late passes histogram only the units still open (as the driver does)."""
     n, units = acts.shape[0], acts.shape[-1]
     batch = batch or n
     s = search(units, quantile)
     while not s.done:
         total = None
+        subset = s.open_units() if subsets else None
+        columns = np.arange(units) if subset is None else subset
         for start in range(0, n, batch):
-            a = acts[start : start + batch]
+            a = acts[start : start + batch][..., columns]
             v = np.ones(len(a), bool) if valid is None else valid[start : start + batch]
             c, lo, hi, bad = (
                 np.asarray(x)
                 for x in prefix_histogram(
-                    jnp.asarray(a), jnp.asarray(v), jnp.asarray(s.prefix), s.depth, s.bits, s.extremes
+                    jnp.asarray(a), jnp.asarray(v), jnp.asarray(s.prefix[columns]), s.depth, s.bits, s.extremes
                 )
             )
             assert not bad.any()
@@ -51,7 +54,7 @@ def select(acts, quantile, batch=None, valid=None, search=RadixSelect):
                 total = [c.astype(np.int64), lo, hi]
             else:
                 total = [total[0] + c, np.minimum(total[1], lo), np.maximum(total[2], hi)]
-        s.step(*total)
+        s.step(*total, subset)
     return s.thresholds
 
 
@@ -94,6 +97,28 @@ def test_batching_and_padding_do_not_change_thresholds():
     padded = np.concatenate([acts, 1e6 * np.ones((5, 4, 4, 3), np.float32)])
     valid = np.arange(45) < 40
     np.testing.assert_array_equal(whole, select(padded, 0.01, batch=9, valid=valid))
+
+
+@pytest.mark.parametrize("search", [RadixSelect, LiteSelect])
+def test_late_passes_over_the_open_units_give_the_same_thresholds(search):
+    rng = np.random.default_rng(5)
+    acts = rng.normal(size=(60, 3, 3, 40)).astype(np.float32)
+    # three units of adjacent floats: their values share a bin until the last pass, so that
+    # pass histograms only them
+    adjacent = 1 + np.arange(60 * 9, dtype=np.float32) * np.float32(2**-23)
+    acts[..., :3] = rng.permutation(adjacent).reshape(60, 3, 3, 1)
+    whole = select(acts, 0.02, batch=16, search=search)
+    np.testing.assert_array_equal(whole, select(acts, 0.02, batch=16, search=search, subsets=True))
+
+
+def test_open_units_pad_to_a_power_of_two():
+    s = RadixSelect(10, 0.1)
+    assert s.open_units() is None  # the first pass sees every unit
+    s.level, s.resolved[:] = 1, True
+    s.resolved[[2, 5, 7]] = False
+    np.testing.assert_array_equal(s.open_units(), [2, 5, 7, 7])
+    s.resolved[:6] = False
+    assert s.open_units() is None  # more than half open: a pass over every unit
 
 
 def test_nonfinite_values_are_counted():
