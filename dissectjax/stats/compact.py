@@ -40,7 +40,7 @@ def nonzero(mask: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
     within = rank - (ends[word] - counts[word])  # the wanted set bit's rank inside its word
     # set bits at or below each bit position ((2 << 31) - 1 wraps to all ones)
     upto = jax.lax.population_count(packed[word][:, None] & ((jnp.uint32(2) << shifts) - 1)).astype(jnp.int32)
-    bit = jnp.argmax(upto > within[:, None], axis=1).astype(jnp.int32)
+    bit = jnp.sum(upto <= within[:, None], axis=1, dtype=jnp.int32)  # upto rises: the first bit past ``within``
     total = ends[-1]
     return jnp.where(rank < total, word * _WORD + bit, 0), total
 

@@ -171,7 +171,7 @@ class SparseTally:
             tile = row // tiles.origin.shape[1]
             pixel = tiles.origin.ravel()[row] + (intervals.first - position.start)[which] + position.entry
             # padding entries point past the end of the counts, and are dropped
-            slot = jnp.where(ok, tiles.unit[tile] * (num_concepts + 1), units * (num_concepts + 1))
+            slot = jnp.where(ok, tiles.unit[tile] * num_concepts, units * num_concepts)
             cell = jnp.where(ok, tiles.cell[tile] * (num_categories + 1), batch * units * (num_categories + 1))
             return _Masked(jnp.where(ok, pixel, 0), slot, cell)
 
@@ -185,10 +185,9 @@ class SparseTally:
             num_concepts = category.shape[0]
             batch, units = area.shape
             hit = pixel_ids[masked.pixel]  # [P, L] concept of each masked pixel in each layer
-            size = units * (num_concepts + 1)
-            slot = masked.slot[:, None] + hit
-            pixel_inter = jnp.zeros(size, jnp.int32).at[slot.ravel()].add(1, mode="drop")
-            pixel_inter = pixel_inter.reshape(units, num_concepts + 1)[:, :num_concepts]
+            size = units * num_concepts
+            slot = jnp.where(hit < num_concepts, masked.slot[:, None] + hit, size)  # unlabelled: dropped
+            pixel_inter = jnp.zeros(size, jnp.int32).at[slot.ravel()].add(1, mode="drop").reshape(units, num_concepts)
             covered = None
             if rule.area == "mask":  # the categories each unit's mask covers in each image
                 cells = batch * units * (num_categories + 1)
