@@ -31,7 +31,7 @@ from dissectjax.data.broden_disk import BRODEN_CATEGORIES, BRODEN_PIXEL_LAYERS, 
 from dissectjax.data.memory import InMemoryProbe
 from dissectjax.data.probe import ProbeBatch
 from dissectjax.dissect import DissectConfig, Passes
-from dissectjax.dissect.cache import PLACES, default_decode_workers
+from dissectjax.dissect.cache import PLACES, Pipeline, default_decode_workers
 from dissectjax.errors import DissectError
 from dissectjax.flags import OneLineParser, fraction, non_negative_int, positive_float, positive_int
 from dissectjax.parallel import DataParallel
@@ -83,15 +83,16 @@ class Timing:
         }
 
 
-def time_dissection(source, probe, config: DissectConfig, parallel: DataParallel | None = None, warmup=None):
+def time_dissection(source, probe, config: DissectConfig, parallel: DataParallel | None = None, warmup=None,
+                    pipeline: Pipeline = Pipeline()):  # fmt: skip
     """(Timing, thresholds, counts) of one dissection, after a warm-up run on ``warmup``
     (default: the same probe set, so that every program the timed run needs is compiled
     first: the sparse tally compiles one program per size of its compacted arrays)."""
     parallel = parallel or DataParallel.create()
     warmup = probe if warmup is None else warmup
-    warm = Passes(source, warmup, config, parallel=parallel)
+    warm = Passes(source, warmup, config, parallel=parallel, pipeline=pipeline)
     warm.counts(warm.thresholds())
-    passes = Passes(source, probe, config, parallel=parallel)
+    passes = Passes(source, probe, config, parallel=parallel, pipeline=pipeline)
     start = time.perf_counter()
     thresholds = passes.thresholds()
     middle = time.perf_counter()
@@ -143,7 +144,8 @@ def run_broden_scale(images: int, pool: int, baseline_images: int, batch_size: i
         f"broden-scale: {images} images (pool {pool}), 512 units 7x7 -> 112x112, {len(probe.concepts)} concepts, "
         f"{jax.device_count()} {jax.default_backend()} device(s), batch {parallel.global_batch_size(batch_size)}"
     )
-    timing, _, _ = time_dissection(source, probe, config, parallel)
+    # in memory, as the baseline's: copied onto the device by the first pass, read there by the others
+    timing, _, _ = time_dissection(source, probe, config, parallel, pipeline=Pipeline(cache="device"))
     rows = {"dissectjax": timing.rates()}
     extra = {}
     baseline = _baseline()

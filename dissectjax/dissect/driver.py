@@ -12,7 +12,10 @@ from the last save with bit-identical results.
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import functools
+import os
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import NamedTuple
@@ -308,22 +311,60 @@ class Passes:
                 acc[name].total = unflatten(f"tally/{name}", COUNT_REDUCTIONS, saved)
                 self.top[name].load(unflatten(f"tally/{name}/top", (0, 0, 0), saved))
 
-        for i, batch in enumerate(self._batches(start, True, "tally"), start=start):
-            acts = self._activations(i, batch)
-            labels = LabelBatch(*(self.parallel.shard(x) for x in batch.labels))
-            for name in self.layers:
-                counts = self.kernels.tally(acts[name], labels, device_thresholds[name], category,
-                                            concepts.num_categories, self.rules, strategy)  # fmt: skip
+        def prepared(batches):  # in batch order, on this thread: the cache fills in order
+            for i, batch in enumerate(batches, start=start):
+                yield i, self._activations(i, batch), LabelBatch(*(self.parallel.shard(x) for x in batch.labels))
+
+        def tally(item):  # may run on a worker thread
+            _, acts, labels = item
+            return {name: (self.kernels.tally(acts[name], labels, device_thresholds[name], category,
+                                              concepts.num_categories, self.rules, strategy),
+                           to_host(self.kernels.image_max(acts[name])) if self.config.top_k else None)
+                    for name in self.layers}  # fmt: skip
+
+        batches = prepared(self._batches(start, True, "tally"))
+        for (i, acts, labels), per_layer in in_order(tally, batches, tallies_in_flight(strategy, self.parallel.size)):
+            for name, (counts, maxima) in per_layer.items():
                 acc[name].add(counts, count_bound(labels, self.rules))
                 if self.config.top_k:
-                    gather = functools.partial(self._gather_maps, acts[name])
-                    self.top[name].add(to_host(self.kernels.image_max(acts[name])), self.plan[i], gather)
+                    self.top[name].add(maxima, self.plan[i], functools.partial(self._gather_maps, acts[name]))
             tops = {f"{name}/top": self.top[name] for name in self.layers}
             self._maybe_save(functools.partial(self._state, "tally", i + 1, {**acc, **tops}))
         tops = {f"{name}/top": self.top[name] for name in self.layers}
         # the finished tally is saved: a failure while writing the results reruns from here
         self._maybe_save(functools.partial(self._state, "tally", len(self.plan), {**acc, **tops}), force=True)
         return {name: Counts(*acc[name].flush()) for name in self.layers}
+
+
+def tallies_in_flight(strategy: str, devices: int) -> int:
+    """Batches tallied at once. The sparse tally on one CPU device waits on the host between its
+    programs, and most of its steps (scatters, gathers) use one core: one batch more than there
+    are cores (at most eight) keeps them busy, each batch's programs running on its own thread.
+    One elsewhere: where dispatch is asynchronous the device stays busy anyway, and on a mesh of
+    several devices, programs with collectives dispatched from two threads at once can reach the
+    devices in different orders, and XLA's CPU collectives then wait on each other for ever."""
+    if strategy != "sparse" or jax.default_backend() != "cpu" or devices > 1:
+        return 1
+    return min(8, (os.cpu_count() or 1) + 1)
+
+
+def in_order(fn: Callable, items: Iterator, in_flight: int) -> Iterator[tuple]:
+    """(item, fn(item)) for each item, in order, with up to ``in_flight`` calls running at once
+    on worker threads (one: on this thread). ``items`` is drawn on this thread."""
+    if in_flight <= 1:
+        for item in items:
+            yield item, fn(item)
+        return
+    with concurrent.futures.ThreadPoolExecutor(in_flight) as pool:
+        pending: collections.deque = collections.deque()
+        for item in items:
+            pending.append((item, pool.submit(fn, item)))
+            if len(pending) > in_flight:
+                item, future = pending.popleft()
+                yield item, future.result()
+        while pending:
+            item, future = pending.popleft()
+            yield item, future.result()
 
 
 def dissect(
