@@ -32,3 +32,15 @@ def test_semantics_table_has_a_row_per_rule_and_quantile():
 def test_semantics_workload_refuses_more_planted_units_than_the_layer_has(capsys):
     assert main(["--workload", "semantics", "--planted", "513"]) == 2
     assert "--planted 513 is more than the workload's 512 units" in capsys.readouterr().err
+
+
+def test_broden_scale_times_both_and_their_counts_agree():
+    """`bench --workload broden-scale` (small): dissectjax and the Lite-style loop on the same rows,
+    the ratio of their rates, and dissectjax's counts at the loop's thresholds within one pixel
+    (they interpolate differently: a pixel that rounds across its threshold may differ)."""
+    from dissectjax.bench import run_broden_scale
+
+    rows, extra = run_broden_scale(32, 16, 16, 8, 0.05, say=lambda *_: None)
+    for stage, ratio in rows["ratio"].items():
+        assert ratio == rows["dissectjax"][stage] / rows["numpy baseline (Lite-style)"][stage]
+    assert extra["baseline images"] == 16 and extra["max |intersection difference| vs baseline"] <= 1
