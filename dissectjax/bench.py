@@ -32,7 +32,8 @@ from dissectjax.data.broden_disk import BRODEN_CATEGORIES, BRODEN_PIXEL_LAYERS, 
 from dissectjax.data.memory import InMemoryProbe
 from dissectjax.data.probe import ProbeBatch
 from dissectjax.dissect import DissectConfig, Passes
-from dissectjax.dissect.cache import PLACES, Pipeline, default_decode_workers
+from dissectjax.dissect.cache import PLACES, ROOM, Pipeline, default_decode_workers
+from dissectjax.dissect.driver import device_memory
 from dissectjax.errors import DissectError
 from dissectjax.flags import OneLineParser, fraction, non_negative_int, positive_float, positive_int
 from dissectjax.parallel import DataParallel
@@ -157,8 +158,11 @@ def run_broden_scale(images: int, pool: int, baseline_images: int, batch_size: i
         middle = time.perf_counter()
         ref = tally(acts[:n], pixel, image, base_thresholds)
         base = Timing(n, middle - start, time.perf_counter() - middle)
-    # in memory, as the baseline's: copied onto the device by the first pass, read there by the others
-    timing, _, _ = time_dissection(source, probe, config, parallel, pipeline=Pipeline(cache="device"))
+    # in memory, as the baseline's: copied onto the device by the first pass, read there by the
+    # others, where they take at most ROOM of its free memory
+    free = device_memory()
+    place = "device" if free is None or images * acts[0].nbytes <= ROOM * free * jax.local_device_count() else "none"
+    timing, _, _ = time_dissection(source, probe, config, parallel, pipeline=Pipeline(cache=place))
     rows = {"dissectjax": timing.rates()}
     extra = {}
     if baseline is not None:
@@ -334,7 +338,6 @@ def run_broden_disk(images: int, distinct: int, model: str, layer: str, checkpoi
     ``counts_out``, the thresholds and counts are saved there (.npz), to compare with a peer's."""
     from dissectjax.data.broden import BrodenDataset
     from dissectjax.data.broden_disk import ensure_broden_disk
-    from dissectjax.dissect.cache import Pipeline
     from dissectjax.dissect.sources import model_source
 
     parallel = DataParallel.create()
