@@ -3,17 +3,20 @@
 A bilinearly upsampled pixel is a convex combination of four low-resolution values, its
 *quad*'s corners, so it can exceed the threshold only if one of them does. The output
 grid is split into quads: runs of rows (and columns) that interpolate between the same
-pair of low-resolution rows (columns). Per batch:
+pair of low-resolution rows (columns). Per batch, in programs of their own (XLA's CPU
+fusion would otherwise recompute a producer inside every lookup that reads it):
 
-1. count the (image, unit, quad) triples whose corner maximum exceeds the threshold;
-2. compact them (:func:`dissectjax.stats.compact.nonzero`, with a static bound chosen from the count), upsample
-   only their tiles, and threshold: the unit masks, tile by tile; and count the masked
-   pixels;
-3. compact the masked pixels (a second static bound), look up their labels in every
-   label layer, and add them into ``intersection[u, c]``.
+1. prepare the labels (:func:`dissectjax.stats.tally.prepare_labels`), and count the
+   (image, unit, quad) triples whose corner maximum exceeds the threshold;
+2. compact them (:func:`dissectjax.stats.compact.nonzero`, with a static bound chosen from
+   the count), upsample only their tiles, and threshold: the unit masks, tile by tile, and
+   each tile row's masked interval (bilinear values along a row are monotone);
+3. spell out one entry per masked pixel from the row intervals (a second static bound);
+4. look up each entry's labels in every label layer and add them into
+   ``intersection[u, c]``.
 
-Each step is compiled per bound; bounds are powers of two, so few programs are compiled.
-Counts are exactly those of :func:`dissectjax.stats.tally.tally`: a pixel's value comes
+Each step is compiled per bound; bounds take four steps per power of two, so few programs
+are compiled. Counts are exactly those of :func:`dissectjax.stats.tally.tally`: a pixel's value comes
 from the same :func:`dissectjax.stats.upsample.lerp` calls in the same order, and a pixel
 whose corners are all at or below the threshold is at or below it too (``lerp`` stays
 within its inputs). Every device works on its own shard; statistics are summed over the
