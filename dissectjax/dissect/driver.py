@@ -284,7 +284,7 @@ class Passes:
                     a = acts[name]
                     step = functools.partial(self.kernels.histogram, a, valid, prefixes[name], s.depth, s.bits,
                                              s.extremes, units=on_device[name])  # fmt: skip
-                    acc[name].update(lambda into, step=step: step(into=into), int(np.prod(a.shape[:-1])))
+                    acc[name].update(step, int(np.prod(a.shape[:-1])))  # step(into) -> the running histogram
                 self._maybe_save(functools.partial(self._state, "threshold", i + 1, acc))
             for name in active:
                 counts, kmin, kmax, nonfinite = acc[name].flush()

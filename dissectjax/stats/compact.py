@@ -28,18 +28,13 @@ def nonzero(mask: jax.Array, size: int) -> tuple[jax.Array, jax.Array]:
     Returns:
       indices int32 [size], count int32 [] (all True entries, which may exceed ``size``).
     """
-    flat = mask.ravel()
-    words = -(-flat.shape[0] // _WORD)
-    bits = jnp.pad(flat, (0, words * _WORD - flat.shape[0])).reshape(words, _WORD)
-    shifts = jnp.arange(_WORD, dtype=jnp.uint32)
-    packed = jnp.sum(bits.astype(jnp.uint32) << shifts, axis=1, dtype=jnp.uint32)  # distinct bits: sum == or
-    counts = jax.lax.population_count(packed).astype(jnp.int32)
+    packed, counts = _words(mask.ravel())
+    words = packed.shape[0]
     ends = jnp.cumsum(counts)  # set bits up to and including each word
     rank = jnp.arange(size, dtype=jnp.int32)
     word = jnp.minimum(jnp.searchsorted(ends, rank, side="right", method="scan"), words - 1).astype(jnp.int32)
     within = rank - (ends[word] - counts[word])  # the wanted set bit's rank inside its word
-    # set bits at or below each bit position ((2 << 31) - 1 wraps to all ones)
-    upto = jax.lax.population_count(packed[word][:, None] & ((jnp.uint32(2) << shifts) - 1)).astype(jnp.int32)
+    upto = _set_through(packed[word])
     bit = jnp.sum(upto <= within[:, None], axis=1, dtype=jnp.int32)  # upto rises: the first bit past ``within``
     total = ends[-1]
     return jnp.where(rank < total, word * _WORD + bit, 0), total
@@ -55,12 +50,23 @@ def nonzero_nd(mask: jax.Array, size: int) -> tuple[tuple[jax.Array, ...], jax.A
 def count_through(mask: jax.Array) -> jax.Array:
     """int32 [N]: the True entries of the bool mask [N] at or before each position, i.e.
     ``jnp.cumsum(mask)``, from one prefix sum over 32-bit words and population counts."""
-    n = mask.shape[0]
-    words = -(-n // _WORD)
-    bits = jnp.pad(mask, (0, words * _WORD - n)).reshape(words, _WORD)
-    shifts = jnp.arange(_WORD, dtype=jnp.uint32)
-    packed = jnp.sum(bits.astype(jnp.uint32) << shifts, axis=1, dtype=jnp.uint32)
-    counts = jax.lax.population_count(packed).astype(jnp.int32)
+    packed, counts = _words(mask)
     before = jnp.cumsum(counts) - counts
-    upto = jax.lax.population_count(packed[:, None] & ((jnp.uint32(2) << shifts) - 1)).astype(jnp.int32)
-    return (before[:, None] + upto).ravel()[:n]
+    return (before[:, None] + _set_through(packed)).ravel()[: mask.shape[0]]
+
+
+def _words(flat: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """bool [N] -> its bits packed into uint32 words [ceil(N / 32)] (entry i of a word at bit
+    i), and each word's set bits, int32."""
+    words = -(-flat.shape[0] // _WORD)
+    bits = jnp.pad(flat, (0, words * _WORD - flat.shape[0])).reshape(words, _WORD)
+    shifts = jnp.arange(_WORD, dtype=jnp.uint32)
+    packed = jnp.sum(bits.astype(jnp.uint32) << shifts, axis=1, dtype=jnp.uint32)  # distinct bits: sum == or
+    return packed, jax.lax.population_count(packed).astype(jnp.int32)
+
+
+def _set_through(packed: jax.Array) -> jax.Array:
+    """int32 [..., 32]: the set bits of each word [...] at or below each bit position
+    ((2 << 31) - 1 wraps to all ones)."""
+    below = (jnp.uint32(2) << jnp.arange(_WORD, dtype=jnp.uint32)) - 1
+    return jax.lax.population_count(packed[..., None] & below).astype(jnp.int32)

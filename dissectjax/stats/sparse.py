@@ -123,8 +123,7 @@ class SparseTally:
         def tiles(acts, thresholds, valid):
             acts = acts.astype(jnp.float32)
             active, (c00, c01, c10, c11) = _active(acts, thresholds, valid, ys, xs)
-            n = jnp.sum(active, dtype=jnp.int32)
-            (b, gy, gx, u), _ = nonzero_nd(active, bound)
+            (b, gy, gx, u), n = nonzero_nd(active, bound)
             ok = jnp.arange(bound) < n
             fy, fx = fy_runs[gy], fx_runs[gx]  # [K, T]
             at = (b, gy, gx, u)
