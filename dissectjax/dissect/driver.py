@@ -276,15 +276,26 @@ class Passes:
             prefixes = {name: self.parallel.replicate(self.select[name].prefix[units[name]]) for name in active}
             on_device = {name: None if u is None else self.parallel.replicate(u.astype(np.int32))
                          for name, u in subsets.items()}  # fmt: skip
+            # the first pass counts the values below a running floor in bin 0 (raise_floor): they
+            # cost no scatter; restarted at 0 after a resume, as any floor at or below it is as exact
+            floors = {name: self.parallel.replicate(np.zeros(self.select[name].units, np.uint32)) if level == 0
+                      else None for name in active}  # fmt: skip
             for i, batch in enumerate(self._batches(start, False, f"thresholds, pass {level + 1}"), start=start):
                 acts = self._activations(i, batch)
                 valid = self.parallel.shard(batch.valid)
                 for name in active:
                     s = self.select[name]
                     a = acts[name]
-                    step = functools.partial(self.kernels.histogram, a, valid, prefixes[name], s.depth, s.bits,
-                                             s.extremes, units=on_device[name])  # fmt: skip
-                    acc[name].update(step, int(np.prod(a.shape[:-1])))  # step(into) -> the running histogram
+                    deciding = s.deciding(len(self.probe) * int(np.prod(a.shape[1:-1])))
+                    histogram = functools.partial(self.kernels.histogram, a, valid, prefixes[name], s.depth, s.bits,
+                                                  s.extremes, units=on_device[name], floor=floors[name],
+                                                  deciding=np.int32(min(deciding, 2**31 - 1)))  # fmt: skip
+
+                    def step(into, histogram=histogram, name=name, floors=floors):  # the floor raised as it goes
+                        total, floors[name] = histogram(into)
+                        return total
+
+                    acc[name].update(step, int(np.prod(a.shape[:-1])))
                 self._maybe_save(functools.partial(self._state, "threshold", i + 1, acc))
             for name in active:
                 counts, kmin, kmax, nonfinite = acc[name].flush()

@@ -14,17 +14,19 @@ import jax
 import jax.numpy as jnp
 
 from dissectjax.dissect.accumulate import COUNT_REDUCTIONS, HISTOGRAM_REDUCTIONS, REDUCE
-from dissectjax.parallel import DataParallel
-from dissectjax.stats.quantile import prefix_histogram
+from dissectjax.parallel import DataParallel, to_host
+from dissectjax.stats.quantile import capacity_for, census, prefix_histogram, raise_floor
 from dissectjax.stats.sparse import SparseTally
 from dissectjax.stats.tally import tally
 
 
 class Kernels(NamedTuple):
-    """histogram(acts, valid bool [B], prefix, depth, bits, extremes, into, units) -> (counts, kmin, kmax,
-    nonfinite), the per-unit histograms of pass 1 (see :func:`~dissectjax.stats.quantile.prefix_histogram`)
-    added to ``into`` (a histogram it returned before, donated, or None), of the units int32 [k]
-    ``units`` names (None: all; ``prefix`` then holds theirs);
+    """histogram(acts, valid bool [B], prefix, depth, bits, extremes, into, units, floor, deciding) ->
+    ((counts, kmin, kmax, nonfinite), floor): the per-unit histograms of a threshold pass (see
+    :func:`~dissectjax.stats.quantile.prefix_histogram`) added to ``into`` (a histogram it returned
+    before, donated, or None), of the units int32 [k] ``units`` names (None: all; ``prefix`` then
+    holds theirs); in the first pass, ``floor`` uint32 [U] raised with ``deciding`` int32 []
+    (:func:`~dissectjax.stats.quantile.raise_floor`), else None;
     tally(acts, labels, thresholds float32 [U], category int32 [C], num_categories, rule, strategy)
     -> Counts (int32 [U, C], [U, K], [C]);
     image_max(acts) -> float [B, U], each image's maximum per unit;
@@ -41,7 +43,7 @@ class Kernels(NamedTuple):
 @functools.lru_cache(maxsize=8)
 def kernels(parallel: DataParallel) -> Kernels:
     """The kernels for ``parallel``'s mesh (compiled once per mesh and static arguments)."""
-    histogram = jax.jit(_histogram(parallel), static_argnums=(3, 4, 5), donate_argnums=6)
+    histogram = _histogram(parallel)
     count = parallel.reduce(lambda a, labels, t, cat, **kw: tally(a, t, labels, cat, **kw), 2, COUNT_REDUCTIONS)
     dense = jax.jit(
         lambda a, labels, t, cat, k, rule, strategy: count(
@@ -66,24 +68,40 @@ def kernels(parallel: DataParallel) -> Kernels:
 
 
 def _histogram(parallel: DataParallel) -> Callable:
-    """A batch's histograms added to a running one. On one device the values are scattered
-    straight into the running arrays (in place: no fresh buffer per batch); on a mesh each
-    device's histogram is reduced over it first, then combined (integers: the same result)."""
+    """A batch's histograms added to a running one, in two programs: a census of the values
+    the batch keeps, which picks a static capacity on the host (:func:`capacity_for`), then
+    the histogram of those values. On one device they are scattered straight into the
+    running arrays (in place: no fresh buffer per batch); on a mesh each device's histogram
+    is reduced over it first, then combined (integers: the same result). With a ``floor``,
+    the running histogram then raises it (:func:`raise_floor`), and both are returned."""
 
-    def add(acts, valid, prefix, into, **static):
-        return prefix_histogram(acts, valid, prefix, into=into, **static)
+    def subset(acts, units):
+        return acts if units is None else jnp.take(acts, units, axis=-1)
 
+    def count(acts, valid, prefix, units, floor, *, depth):
+        return census(subset(acts, units), valid, prefix, depth, floor)
+
+    def add(acts, valid, prefix, units, floor, into, **static):
+        return prefix_histogram(subset(acts, units), valid, prefix, floor=floor, into=into, **static)
+
+    count = jax.jit(parallel.reduce(count, 2, "max"), static_argnames="depth")
     reduce = parallel.reduce(add, 2, HISTOGRAM_REDUCTIONS)
 
-    def histogram(acts, valid, prefix, depth, bits, extremes, into=None, units=None):
-        static = dict(depth=depth, bits=bits, extremes=extremes)
-        if units is not None:  # only these units' values (prefix: theirs already)
-            acts = jnp.take(acts, units, axis=-1)
+    @functools.partial(jax.jit, static_argnames=("depth", "bits", "extremes", "capacity"), donate_argnums=5)
+    def step(acts, valid, prefix, units, floor, into, deciding, **static):
         if parallel.size == 1:
-            return reduce(acts, valid, prefix, into, **static)
-        batch = reduce(acts, valid, prefix, None, **static)
-        if into is None:
-            return batch
-        return jax.tree.map(lambda r, a, b: REDUCE[r][0](a, b), HISTOGRAM_REDUCTIONS, into, batch)
+            total = reduce(acts, valid, prefix, units, floor, into, **static)
+        else:
+            total = reduce(acts, valid, prefix, units, floor, None, **static)
+            if into is not None:
+                total = jax.tree.map(lambda r, a, b: REDUCE[r][0](a, b), HISTOGRAM_REDUCTIONS, into, total)
+        return total, None if floor is None else raise_floor(total[0], floor, deciding)
+
+    def histogram(acts, valid, prefix, depth, bits, extremes, into=None, units=None, floor=None, deciding=None):
+        kept = int(to_host(count(acts, valid, prefix, units, floor, depth=depth)))
+        width = acts.shape[-1] if units is None else len(units)
+        capacity = capacity_for(kept, acts.size // acts.shape[-1] * width // parallel.size)
+        return step(acts, valid, prefix, units, floor, into, deciding, depth=depth, bits=bits, extremes=extremes,
+                    capacity=capacity)  # fmt: skip
 
     return histogram

@@ -17,12 +17,15 @@ values or holds a single distinct value (ties, e.g. ReLU zeros).
 from __future__ import annotations
 
 import dataclasses
+import math
 from fractions import Fraction
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from dissectjax.stats.compact import nonzero
 
 KEY_BITS = 32
 _SIGN = np.uint32(0x80000000)
@@ -49,7 +52,15 @@ def key_to_value(key: np.ndarray) -> np.ndarray:
 
 
 def prefix_histogram(
-    acts: jax.Array, valid: jax.Array, prefix: jax.Array, depth: int, bits: int, extremes: bool = True, into=None
+    acts: jax.Array,
+    valid: jax.Array,
+    prefix: jax.Array,
+    depth: int,
+    bits: int,
+    extremes: bool = True,
+    into=None,
+    floor: jax.Array | None = None,
+    capacity: int | None = None,
 ):
     """Histogram of the keys that start with each unit's ``prefix``, on their next ``bits`` bits.
 
@@ -64,6 +75,16 @@ def prefix_histogram(
         every bin, cost most.
       into: a histogram this function returned before, to add these values to (its arrays
         updated in place where the caller donates them), or None for a fresh one.
+      floor: uint32 [U] order keys, or None; used only with a ``capacity``, in the first
+        pass (``depth == 0``). Keys below a unit's floor are counted in bin 0, as if they
+        were the lowest value. Where at least as many of the unit's values lie at or above
+        its floor as decide its threshold (:meth:`RadixSelect.deciding`; :func:`raise_floor`
+        keeps that true), the threshold is the same.
+      capacity: None, to scatter every value; or (static) at least the number of values
+        :func:`census` finds kept (with the prefix, at or above the floor), when it finds
+        no NaN/Inf: only those are compacted (:func:`~dissectjax.stats.compact.nonzero`)
+        and scattered. XLA's CPU scatter costs nearly as much for an index it drops as for
+        one it counts.
 
     Returns:
       counts int32 [U, 2**bits]; kmin int32 [U, 2**bits] and kmax int32 [U, 2**bits], the
@@ -74,29 +95,102 @@ def prefix_histogram(
     """
     units = acts.shape[-1]
     nbins = 1 << bits
-    # unit-major [U, B, P]: consecutive values land in one unit's bins (the scatter stays in cache)
-    values = jnp.moveaxis(acts.reshape(acts.shape[0], -1, units), -1, 0)
-    keys = order_key(values)
-    finite = jnp.isfinite(values)
-    keep = valid[None, :, None] & finite
-    if depth > 0:
-        keep &= (keys >> (KEY_BITS - depth)) == (prefix >> (KEY_BITS - depth))[:, None, None]
-    shift = KEY_BITS - depth - bits
-    bins = ((keys >> shift) & jnp.uint32(nbins - 1)).astype(jnp.int32)
-    # one flat index per value (XLA's CPU scatter is much faster 1-D); out-of-bucket values
-    # point past the end and are dropped
     size = units * nbins
-    index = jnp.where(keep, jnp.arange(units, dtype=jnp.int32)[:, None, None] * nbins + bins, size).ravel()
+    shift = KEY_BITS - depth - bits
     if into is None:
         into = empty_histogram(units, bits, extremes)
-    counts = into[0].reshape(size).at[index].add(1, mode="drop").reshape(units, nbins)
-    nonfinite = into[3] + jnp.sum(valid[None, :, None] & ~finite, axis=(1, 2), dtype=jnp.int32)
-    if not extremes:
-        return counts, into[1], into[2], nonfinite
-    signed = signed_key(keys).ravel()
-    kmin = into[1].reshape(size).at[index].min(signed, mode="drop").reshape(units, nbins)
-    kmax = into[2].reshape(size).at[index].max(signed, mode="drop").reshape(units, nbins)
+    counts, kmin, kmax, nonfinite = into
+    values, keep = _kept(acts, valid, prefix, depth, floor if capacity is not None else None)
+    if capacity is None:  # every value: [B, P, U] in order, consecutive values in distinct units' bins
+        unit = jnp.broadcast_to(jnp.arange(units, dtype=jnp.int32), values.shape).ravel()
+        nonfinite = nonfinite + jnp.sum(keep & ~jnp.isfinite(values), axis=(0, 1), dtype=jnp.int32)
+        values, keep = values.ravel(), keep.ravel()
+    else:
+        flat, count = nonzero(keep, capacity)
+        unit, values, keep = flat % units, values.ravel()[flat], jnp.arange(capacity) < count
+        nonfinite = nonfinite.at[jnp.where(keep & ~jnp.isfinite(values), unit, units)].add(1, mode="drop")
+    finite = jnp.isfinite(values)
+    keys = order_key(values)
+    index = jnp.where(keep & finite, unit * nbins + ((keys >> shift) & jnp.uint32(nbins - 1)).astype(jnp.int32), size)
+    counts = counts.reshape(size).at[index].add(1, mode="drop")
+    if capacity is not None and floor is not None:  # the values below the floor, in bin 0
+        counts = counts.at[jnp.where(keep, unit * nbins, size)].add(-1, mode="drop")
+        counts = counts.reshape(units, nbins).at[:, 0].add(jnp.sum(valid, dtype=jnp.int32) * (acts[0].size // units))
+    counts = counts.reshape(units, nbins)
+    if extremes:
+        signed = signed_key(keys)
+        kmin = kmin.reshape(size).at[index].min(signed, mode="drop").reshape(units, nbins)
+        kmax = kmax.reshape(size).at[index].max(signed, mode="drop").reshape(units, nbins)
     return counts, kmin, kmax, nonfinite
+
+
+def census(acts: jax.Array, valid: jax.Array, prefix: jax.Array, depth: int, floor: jax.Array | None = None):
+    """int32 []: how many values of a batch :func:`prefix_histogram` (same arguments) keeps:
+    those with the prefix and at or above the floor, and every NaN/Inf. Its caller picks a
+    ``capacity`` from it (:func:`capacity_for`)."""
+    return jnp.sum(_kept(acts, valid, prefix, depth, floor)[1], dtype=jnp.int32)
+
+
+def _kept(acts, valid, prefix, depth: int, floor):
+    """(values float [B, P, U], kept bool [B, P, U]): a batch's values, and which are kept:
+    in valid rows, NaN/Inf (to be counted), or with the prefix and at or above the floor."""
+    if floor is not None and depth > 0:
+        raise ValueError("a floor applies to the first pass only (depth 0)")
+    values = acts.reshape(acts.shape[0], -1, acts.shape[-1])
+    keep = jnp.ones(values.shape, bool)
+    if depth > 0 or floor is not None:
+        keys = order_key(values)
+        if depth > 0:
+            keep &= (keys >> (KEY_BITS - depth)) == (prefix >> (KEY_BITS - depth))
+        if floor is not None:
+            keep &= keys >= floor
+        keep |= ~jnp.isfinite(values)
+    return values, valid[:, None, None] & keep
+
+
+def capacity_for(kept: int, values: int) -> int | None:
+    """The ``capacity`` :func:`prefix_histogram` compacts a batch of ``values`` into, from its
+    :func:`census`: an eighth of the values, or a quarter of that, or a sixteenth, ... (few
+    compiled programs: each costs about a second), the smallest that holds ``kept``; None
+    (every value scattered) where more than an eighth are kept: compaction then costs
+    about as much.
+
+    >>> capacity_for(100, 8192), capacity_for(300, 8192), capacity_for(2000, 8192)
+    (256, 1024, None)
+    """
+    capacity = values // 8
+    if kept > capacity:
+        return None
+    while capacity // 4 >= max(kept, values // 2048, 1):
+        capacity //= 4
+    return max(capacity, 1)
+
+
+def raise_floor(counts: jax.Array, floor: jax.Array, deciding: jax.Array) -> jax.Array:
+    """Each unit's floor raised, never lowered, to the lower edge of the highest bin that
+    holds, with the bins above it, at least ``deciding`` values.
+
+    A first-pass histogram (counts int32 [U, 2**bits], depth 0) of some of the values, floor
+    uint32 [U], deciding int32 [] (:meth:`RadixSelect.deciding` of all of a unit's values)
+    -> uint32 [U]. All the values hold at least as many at or above the new floor, so the
+    values that decide a threshold stay at or above it (:func:`prefix_histogram`).
+    Two levels of bins (groups, then the bins of one group) keep the prefix sums short.
+    """
+    units, nbins = counts.shape
+    group = math.isqrt(nbins)
+    assert group * group == nbins, "the first pass resolves an even number of bits"
+    coarse_above = _from_top(counts.reshape(units, -1, group).sum(-1))  # values in groups >= g
+    top = jnp.maximum(jnp.sum(coarse_above >= deciding, axis=1) - 1, 0)  # the highest such group (0 if none)
+    beyond = jnp.take_along_axis(jnp.pad(coarse_above, ((0, 0), (0, 1))), top[:, None] + 1, axis=1)
+    fine_above = _from_top(jnp.take_along_axis(counts, top[:, None] * group + jnp.arange(group), axis=1)) + beyond
+    bin_ = top * group + jnp.sum(fine_above >= deciding, axis=1) - 1  # -1 where too few values yet: edge 0
+    edge = jnp.maximum(bin_, 0).astype(jnp.uint32) << (KEY_BITS - nbins.bit_length() + 1)
+    return jnp.maximum(floor, edge)
+
+
+def _from_top(counts: jax.Array) -> jax.Array:
+    """[U, n] -> [U, n]: the sum of each entry and those after it along the last axis."""
+    return jnp.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
 
 
 def empty_histogram(units: int, bits: int, extremes: bool):
@@ -199,6 +293,11 @@ class RadixSelect:
     def target_rank(self) -> int:
         """Number of values that should lie strictly above the threshold."""
         return int(np.floor(self.quantile * self.total))
+
+    def deciding(self, total: int) -> int:
+        """How many of a unit's ``total`` values, the largest, decide its threshold: the
+        others may be counted as the lowest value (``floor`` of :func:`prefix_histogram`)."""
+        return int(np.floor(self.quantile * total)) + 1
 
     def _locate(self, counts: np.ndarray, rank) -> tuple[np.ndarray, np.ndarray]:
         """Per unit, the bin of this pass's histogram (counts int [U, 2**bits]) that holds the
@@ -334,6 +433,10 @@ class LiteSelect(RadixSelect):
     @property
     def extremes(self) -> bool:
         return True
+
+    def deciding(self, total: int) -> int:
+        j, _ = lite_position(self.quantile, total)
+        return total - j  # v[j] and every value after it
 
     def step(self, counts: np.ndarray, kmin: np.ndarray, kmax: np.ndarray, units: np.ndarray | None = None) -> None:
         counts, kmin, kmax = self._whole(counts, kmin, kmax, units)

@@ -73,17 +73,13 @@ def _bound(count: int, floor: int = 2048) -> int:
     return -(-count // step) * step if count > 4 * step else 4 * step
 
 
-def _corners(acts, ys, xs):
-    """acts [B, h, w, U] at the quads' corners: four arrays [B, Gy, Gx, U]."""
-    (ylo, yhi), (xlo, xhi) = ys, xs
-    rows_lo, rows_hi = acts[:, ylo], acts[:, yhi]
-    return rows_lo[:, :, xlo], rows_lo[:, :, xhi], rows_hi[:, :, xlo], rows_hi[:, :, xhi]
-
-
 def _active(acts, thresholds, valid, ys, xs):
-    c00, c01, c10, c11 = _corners(acts, ys, xs)
-    peak = jnp.maximum(jnp.maximum(c00, c01), jnp.maximum(c10, c11))
-    return (peak > thresholds) & valid[:, None, None, None], (c00, c01, c10, c11)
+    """bool [B, Gy, Gx, U]: the quads with a corner above its unit's threshold (in valid rows).
+    Thresholded first, so that the corners gathered are bytes, not floats."""
+    (ylo, yhi), (xlo, xhi) = ys, xs
+    hot = acts > thresholds
+    rows = hot[:, ylo] | hot[:, yhi]
+    return (rows[:, :, xlo] | rows[:, :, xhi]) & valid[:, None, None, None]
 
 
 class SparseTally:
@@ -107,7 +103,7 @@ class SparseTally:
         ys, xs = _arrays(geometry)
 
         def count(acts, thresholds, valid):
-            active, _ = _active(acts.astype(jnp.float32), thresholds, valid, ys, xs)
+            active = _active(acts.astype(jnp.float32), thresholds, valid, ys, xs)
             return self.dp.across("max")(jnp.sum(active, dtype=jnp.int32))
 
         return self._map(count, (P(DATA), P(), P(DATA)), P())
@@ -122,14 +118,15 @@ class SparseTally:
 
         def tiles(acts, thresholds, valid):
             acts = acts.astype(jnp.float32)
-            active, (c00, c01, c10, c11) = _active(acts, thresholds, valid, ys, xs)
+            active = _active(acts, thresholds, valid, ys, xs)
             (b, gy, gx, u), n = nonzero_nd(active, bound)
             ok = jnp.arange(bound) < n
             fy, fx = fy_runs[gy], fx_runs[gx]  # [K, T]
-            at = (b, gy, gx, u)
+            (ylo, yhi), (xlo, xhi) = (tuple(jnp.asarray(a)[g] for a in axis) for axis, g in ((ys, gy), (xs, gx)))
+            c00, c01, c10, c11 = (acts[b, y, x, u][:, None] for y in (ylo, yhi) for x in (xlo, xhi))  # the corners
             # along rows, then along columns: the arithmetic of the dense upsample, value for value
-            col_lo = lerp(c00[at][:, None], c10[at][:, None], fy)  # [K, Ty]
-            col_hi = lerp(c01[at][:, None], c11[at][:, None], fy)
+            col_lo = lerp(c00, c10, fy)  # [K, Ty]
+            col_hi = lerp(c01, c11, fy)
             values = lerp(col_lo[:, :, None], col_hi[:, :, None], fx[:, None, :])
             mask = values > thresholds[u][:, None, None]
             mask &= iy_runs[gy][:, :, None] & ix_runs[gx][:, None, :] & ok[:, None, None]

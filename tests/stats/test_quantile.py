@@ -8,13 +8,17 @@ import numpy as np
 import pytest
 from reference_impl import lite_threshold, rank_error
 
+from dissectjax.dissect.kernels import kernels
+from dissectjax.parallel import DataParallel
 from dissectjax.stats.quantile import (
     LiteSelect,
     RadixSelect,
+    capacity_for,
     key_to_value,
     lite_position,
     order_key,
     prefix_histogram,
+    raise_floor,
     round_down_float32,
 )
 
@@ -119,6 +123,102 @@ def test_open_units_pad_to_a_power_of_two():
     np.testing.assert_array_equal(s.open_units(), [2, 5, 7, 7])
     s.resolved[:6] = False
     assert s.open_units() is None  # more than half open: a pass over every unit
+
+
+# ---- the first pass's floor ------------------------------------------------------------------------
+def select_with_floor(acts, quantile, batch, search=RadixSelect):
+    """The search as the driver runs it (the compiled kernels: a census, a capacity, the
+    histogram), the first pass raising a floor batch by batch; the thresholds and the floors."""
+    n, units = acts.shape[0], acts.shape[-1]
+    histogram = kernels(DataParallel.create()).histogram
+    s = search(units, quantile)
+    deciding = np.int32(s.deciding(acts[..., 0].size))
+    floor = None
+    while not s.done:
+        total, floor = None, jnp.zeros(units, jnp.uint32) if s.level == 0 else floor
+        for start in range(0, n, batch):
+            a = jnp.asarray(acts[start : start + batch])
+            first = s.level == 0
+            total, raised = histogram(a, jnp.ones(len(a), bool), jnp.asarray(s.prefix), s.depth, s.bits,
+                                      s.extremes, total, floor=floor if first else None, deciding=deciding)  # fmt: skip
+            floor = raised if first else floor
+        assert not np.asarray(total[3]).any()
+        s.step(*(np.asarray(x) for x in total[:3]))
+    return s.thresholds, np.asarray(floor)
+
+
+@pytest.mark.parametrize("search", [RadixSelect, LiteSelect])
+@pytest.mark.parametrize("dist", sorted(DISTRIBUTIONS))
+def test_a_raised_floor_leaves_the_thresholds_exactly_as_they_were(dist, search):
+    rng = np.random.default_rng([zlib.crc32(b"floor" + dist.encode())])
+    acts = DISTRIBUTIONS[dist](rng, (64, 5, 6, 16)).astype(np.float32)
+    acts[..., 3] *= 1000.0
+    acts[:16, ..., 2] += 5.0  # a unit whose early batches hold its largest values
+    acts[..., 8:] *= np.linspace(1, 2, 8, dtype=np.float32)  # thresholds at various places in their bins
+    thresholds, floor = select_with_floor(acts, 0.005, batch=4, search=search)
+    np.testing.assert_array_equal(thresholds, select(acts, 0.005, search=search))
+    if dist not in ("constant", "discrete"):
+        assert (floor > order_key(jnp.float32(-np.inf))).all()  # the floors rose: values were left out
+
+
+@pytest.mark.parametrize("search", [RadixSelect, LiteSelect])
+def test_the_deciding_values_are_never_left_below_the_floor(search):
+    """All but one of the values that decide a threshold come first and far above the rest:
+    the floor must not rise to them, or the last deciding value would fall below it."""
+    rng = np.random.default_rng(13)
+    acts = rng.random((40, 4, 4, 2)).astype(np.float32)
+    n = acts[..., 0].size
+    high = int(np.floor(0.05 * n)) if search is RadixSelect else n - 1 - lite_position(0.05, n)[0]  # above it
+    # the others rise through the set over many bins: each batch's far above the batch before
+    acts[..., 0] = np.exp2(np.linspace(-20, 0, n, dtype=np.float32)).reshape(acts.shape[:-1])
+    acts[..., 0].reshape(-1)[:high] = 100 + np.arange(high, dtype=np.float32)
+    thresholds, _ = select_with_floor(acts, 0.05, batch=4, search=search)
+    np.testing.assert_array_equal(thresholds, select(acts, 0.05, search=search))
+    assert thresholds[0] < 100  # decided (or, for Lite, interpolated) from a low value
+
+
+def test_raise_floor_finds_the_highest_bin_holding_the_deciding_values():
+    rng = np.random.default_rng(11)
+    counts = np.where(rng.random((6, 4096)) < 0.02, rng.integers(0, 50, (6, 4096)), 0).astype(np.int32)
+    counts[5] = 0  # a unit that has seen nothing yet
+    old = rng.integers(0, 2**32, 6, dtype=np.uint32) >> np.uint32(2)
+    for deciding in (1, 37, 400, 10**6):
+        above = np.cumsum(counts[:, ::-1], axis=1)[:, ::-1]
+        expected = []
+        for u in range(6):
+            bins = np.flatnonzero(above[u] >= deciding)
+            edge = np.uint32(bins.max()) << np.uint32(20) if len(bins) else np.uint32(0)
+            expected.append(max(old[u], edge))
+        got = raise_floor(jnp.asarray(counts), jnp.asarray(old), jnp.int32(deciding))
+        np.testing.assert_array_equal(np.asarray(got), expected)
+
+
+def test_a_compacted_histogram_is_the_full_one_with_the_values_below_the_floor_in_bin_0():
+    rng = np.random.default_rng(12)
+    acts = rng.normal(size=(8, 6, 6, 5)).astype(np.float32)
+    acts[1, 2, 3, 4], acts[2, 0, 0, 1], acts[3, 1, 1, 1] = np.nan, np.inf, -np.inf  # counted, not binned
+    valid = jnp.asarray(np.arange(8) < 7)  # a padding row
+    floor = order_key(jnp.float32(1.5)) & jnp.uint32(0xFFF00000)  # a bin's lower edge
+    floor = jnp.full(5, floor)
+    args = (jnp.asarray(acts), valid, jnp.zeros(5, jnp.uint32), 0, 12, True)
+    full = [np.asarray(x) for x in prefix_histogram(*args)]
+    capacity = capacity_for(int((np.asarray(order_key(jnp.asarray(acts[:7]))) >= floor[0]).sum()) + 3, acts.size)
+    compact = [np.asarray(x) for x in prefix_histogram(*args, floor=floor, capacity=capacity)]
+    edge = int(floor[0]) >> 20
+    for got, want in zip(compact[:3], full[:3]):
+        np.testing.assert_array_equal(got[:, edge:], want[:, edge:])
+    np.testing.assert_array_equal(compact[0][:, 0], full[0][:, :edge].sum(1))  # the values below the floor
+    assert not compact[0][:, 1:edge].any()
+    np.testing.assert_array_equal(compact[3], full[3])
+    np.testing.assert_array_equal(compact[3], [0, 2, 0, 0, 1])
+
+
+def test_capacity_for_is_a_power_of_four_below_an_eighth():
+    assert capacity_for(10**6, 6 * 10**6) is None
+    for kept in (0, 1, 700, 5000, 49336):
+        capacity = capacity_for(kept, 6422528)
+        assert kept <= capacity <= 6422528 // 8 and capacity >= 6422528 // 2048
+        assert capacity == 6422528 // 8 or capacity // 4 < max(kept, 6422528 // 2048)
 
 
 def test_nonfinite_values_are_counted():
