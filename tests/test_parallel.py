@@ -61,6 +61,8 @@ def workload(tmp_path_factory):
     return str(root), str(root.parent / "acts.npy")
 
 
+# the threshold passes compacted in every batch (the census, the floor), as in large batches
+COMPACTED = {"DISSECTJAX_COMPACT_FROM": "0"}
 SOURCES = {  # stored activations counted by the lite rules, the trained checkpoint by the default rules
     "activations": lambda acts: ["--activations", acts, "--semantics", "lite"],
     "trained": lambda acts: ["--checkpoint", CHECKPOINT, "--layers", "conv3,conv5"],
@@ -87,10 +89,11 @@ def runs(request, workload, tmp_path_factory):
     tmp = tmp_path_factory.mktemp(kind)
     port = free_port()
     in_process = kind not in EIGHT_DEVICES
+    env = None if in_process else COMPACTED  # stored activations: compacted on every mesh
     procs = [
-        *([] if in_process else [dissect_cli(tmp / "single", root, SOURCES[kind](acts), 1)]),
-        *([dissect_cli(tmp / "d8", root, SOURCES[kind](acts), 8)] if kind in EIGHT_DEVICES else []),
-        *(dissect_cli(tmp / "multi", root, SOURCES[kind](acts), 4,
+        *([] if in_process else [dissect_cli(tmp / "single", root, SOURCES[kind](acts), 1, env)]),
+        *([dissect_cli(tmp / "d8", root, SOURCES[kind](acts), 8, env)] if kind in EIGHT_DEVICES else []),
+        *(dissect_cli(tmp / "multi", root, SOURCES[kind](acts), 4, env,
                       extra_args=["--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i)])
           for i in range(2)),
     ]  # fmt: skip

@@ -7,6 +7,7 @@ already reduced over every device (and host) of the mesh.
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -26,7 +27,8 @@ class Kernels(NamedTuple):
     :func:`~dissectjax.stats.quantile.prefix_histogram`) added to ``into`` (a histogram it returned
     before, donated, or None), of the units int32 [k] ``units`` names (None: all; ``prefix`` then
     holds theirs); in the first pass, ``floor`` uint32 [U] raised with ``deciding`` int32 []
-    (:func:`~dissectjax.stats.quantile.raise_floor`), else None;
+    (:func:`~dissectjax.stats.quantile.raise_floor`), else None; values compacted in batches
+    of at least ``compact_from`` values per device (default :data:`COMPACT_FROM`);
     tally(acts, labels, thresholds float32 [U], category int32 [C], num_categories, rule, strategy)
     -> Counts (int32 [U, C], [U, K], [C]);
     image_max(acts) -> float [B, U], each image's maximum per unit;
@@ -67,10 +69,17 @@ def kernels(parallel: DataParallel) -> Kernels:
     return Kernels(histogram, tally_fn, image_max, unit_maps)
 
 
+# values per device and batch from which a threshold pass compacts the values it keeps: below,
+# the census's round trip to the host costs about what compaction saves (measured on a CPU).
+# DISSECTJAX_COMPACT_FROM overrides it (0: always; the multi-device tests use it)
+COMPACT_FROM = int(os.environ.get("DISSECTJAX_COMPACT_FROM", 1 << 20))
+
+
 def _histogram(parallel: DataParallel) -> Callable:
-    """A batch's histograms added to a running one, in two programs: a census of the values
-    the batch keeps, which picks a static capacity on the host (:func:`capacity_for`), then
-    the histogram of those values. On one device they are scattered straight into the
+    """A batch's histograms added to a running one, in two programs where the batch has at
+    least ``compact_from`` values per device: a census of the values the batch keeps, which
+    picks a static capacity on the host (:func:`capacity_for`), then the histogram of those
+    values. On one device they are scattered straight into the
     running arrays (in place: no fresh buffer per batch); on a mesh each device's histogram
     is reduced over it first, then combined (integers: the same result). With a ``floor``,
     the running histogram then raises it (:func:`raise_floor`), and both are returned."""
@@ -97,10 +106,14 @@ def _histogram(parallel: DataParallel) -> Callable:
                 total = jax.tree.map(lambda r, a, b: REDUCE[r][0](a, b), HISTOGRAM_REDUCTIONS, into, total)
         return total, None if floor is None else raise_floor(total[0], floor, deciding)
 
-    def histogram(acts, valid, prefix, depth, bits, extremes, into=None, units=None, floor=None, deciding=None):
-        kept = int(to_host(count(acts, valid, prefix, units, floor, depth=depth)))
+    def histogram(acts, valid, prefix, depth, bits, extremes, into=None, units=None, floor=None, deciding=None,
+                  compact_from=None):  # fmt: skip
+        compact_from = COMPACT_FROM if compact_from is None else compact_from
         width = acts.shape[-1] if units is None else len(units)
-        capacity = capacity_for(kept, acts.size // acts.shape[-1] * width // parallel.size)
+        values = acts.size // acts.shape[-1] * width // parallel.size  # per device
+        capacity = None  # small batches: every value scattered, no round trip to the host
+        if values >= compact_from:
+            capacity = capacity_for(int(to_host(count(acts, valid, prefix, units, floor, depth=depth))), values)
         return step(acts, valid, prefix, units, floor, into, deciding, depth=depth, bits=bits, extremes=extremes,
                     capacity=capacity)  # fmt: skip
 

@@ -1,5 +1,7 @@
 """The dissection driver end to end on random Broden data, against the brute-force reference."""
 
+import sys
+
 import numpy as np
 import pytest
 from conftest import random_broden, reference_labels
@@ -95,6 +97,23 @@ def test_results_do_not_depend_on_batch_size(broden_dir):
         np.testing.assert_array_equal(runs[0].intersection, other.intersection)
         np.testing.assert_array_equal(runs[0].unit_area, other.unit_area)
         np.testing.assert_array_equal(runs[0].concept_area, other.concept_area)
+
+
+@pytest.mark.parametrize("quantile", [0.005, 0.1])
+def test_compacted_threshold_passes_give_the_same_results(broden_dir, monkeypatch, quantile):
+    """Every batch's threshold passes compacted (a census, a floor in the first pass) or not:
+    the same thresholds and counts, for the rank rule and Lite's."""
+    kernels = sys.modules["dissectjax.dissect.kernels"]  # the package's ``kernels`` is the function
+    ds = BrodenDataset(broden_dir[0])
+    acts = random_acts(len(ds), seed=3)
+    for semantics in ("netdissect", "lite"):
+        config = DissectConfig(quantile, batch_size=3, semantics=semantics)
+        whole = dissect(ArraySource(acts, "layer", len(ds)), ds, config)["layer"]
+        monkeypatch.setattr(kernels, "COMPACT_FROM", 0)
+        compacted = dissect(ArraySource(acts, "layer", len(ds)), ds, config)["layer"]
+        monkeypatch.setattr(kernels, "COMPACT_FROM", 1 << 20)
+        np.testing.assert_array_equal(compacted.thresholds, whole.thresholds)
+        np.testing.assert_array_equal(compacted.intersection, whole.intersection)
 
 
 def test_strategies_agree(broden_dir):

@@ -140,7 +140,8 @@ def select_with_floor(acts, quantile, batch, search=RadixSelect):
             a = jnp.asarray(acts[start : start + batch])
             first = s.level == 0
             total, raised = histogram(a, jnp.ones(len(a), bool), jnp.asarray(s.prefix), s.depth, s.bits,
-                                      s.extremes, total, floor=floor if first else None, deciding=deciding)  # fmt: skip
+                                      s.extremes, total, floor=floor if first else None, deciding=deciding,
+                                      compact_from=0)  # fmt: skip
             floor = raised if first else floor
         assert not np.asarray(total[3]).any()
         s.step(*(np.asarray(x) for x in total[:3]))
