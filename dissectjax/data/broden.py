@@ -65,8 +65,8 @@ def encode_label_png(labels: np.ndarray) -> np.ndarray:
 
 def _label_numbers(rgb: np.ndarray) -> np.ndarray:
     """uint8 [h, w, 3] -> int32 [h, w] label numbers (R + 256 * G)."""
-    rgb = np.asarray(rgb, np.int32)
-    return rgb[..., 0] + 256 * rgb[..., 1]
+    rgb = np.asarray(rgb)
+    return rgb[..., 0] + 256 * rgb[..., 1].astype(np.int32)
 
 
 def decode_label_png(path: str) -> np.ndarray:
@@ -150,6 +150,11 @@ class BrodenDataset:
         self.label_info = self._read_labels()
         self.concepts = self._make_concepts()
         self._lookup = self.concepts.lookup_table()
+        # every number a label PNG can hold (R + 256 G) -> concept index; -1 for 0, -2 unknown
+        self._pixel_lookup = np.full(1 << 16, -2, np.int32)
+        known = self._lookup[: 1 << 16]
+        self._pixel_lookup[: len(known)] = np.where(known >= 0, known, -2)
+        self._pixel_lookup[0] = -1
         self.pixel_layers, self.max_image_labels = self._layout()
 
     # ---- metadata ---------------------------------------------------------------------
@@ -261,7 +266,7 @@ class BrodenDataset:
         start = 0
         for category, count in self.pixel_layers.items():
             for j, m in enumerate(row.pixel.get(category, [])):
-                pixel[start + j] = self.concept_indices(m, i)
+                pixel[start + j] = self._pixel_indices(m, i)
             start += count
         image = np.full(self.max_image_labels, -1, np.int32)
         numbers = [n for c in self.categories for n in row.image_level.get(c, [])]
@@ -330,6 +335,14 @@ class BrodenDataset:
                 pixel[c] = [_label_numbers(self._picture(i, name, "segmentation", size)) for name in parts]
         image = self.load_image(i) if with_image else None
         return BrodenRow(raw["image"], raw["split"], self.image_size(i), size, pixel, image_level, image)
+
+    def _pixel_indices(self, numbers: np.ndarray, i: int) -> np.ndarray:
+        """A label map's numbers (int [h, w] in [0, 65535], as :func:`_label_numbers` decodes
+        them) -> concept indices, as :meth:`concept_indices` gives them, by one table lookup."""
+        out = self._pixel_lookup[numbers]
+        if out.min(initial=0) < -1:
+            return self.concept_indices(numbers, i)  # raises, naming the number
+        return out
 
     def concept_indices(self, numbers: np.ndarray, i: int) -> np.ndarray:
         """Label numbers -> concept indices (-1 for 0); unknown numbers are an error."""

@@ -12,6 +12,12 @@ The schedule ``(12, 10, 10)`` covers all 32 bits, so after at most three passes 
 threshold is an exact order statistic; usually a unit is resolved after one or two,
 as soon as the bin holding the target rank has at most ``rank_tolerance * n / 2``
 values or holds a single distinct value (ties, e.g. ReLU zeros).
+
+Only a unit's largest values decide its threshold (:meth:`RadixSelect.deciding`), so the
+first pass may count the values below a running per-unit *floor* in bin 0, unscattered
+(:func:`raise_floor` keeps it at or below those values), and each pass may compact the
+values it keeps before scattering them (:func:`census`, :func:`capacity_for`). The floor
+after a batch depends only on the batches before it, so it too is the same on any mesh.
 """
 
 from __future__ import annotations

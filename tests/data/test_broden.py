@@ -172,3 +172,22 @@ def test_wrong_segmentation_size(broken):
     Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(broken / "images" / name)
     with pytest.raises(DissectError, match=r"index\.csv says"):
         ds.row(int(name[2:5]))
+
+
+@pytest.mark.parametrize("number", [65000, 3])  # beyond every listed number; a gap between listed ones
+def test_a_label_map_number_missing_from_label_csv_is_named(tmp_path, number):
+    from PIL import Image
+
+    root = tmp_path / "ds"
+    random_broden(root, seed=2, n=3)
+    ds = BrodenDataset(str(root))
+    listed = set(ds.concepts.numbers.tolist())
+    number = next(k for k in range(number, 1 << 16) if k not in listed)
+    name = ds._rows[1]["color"]
+    path = root / "images" / name
+    numbers = decode_label_png(str(path))
+    numbers[2, 3] = number
+    Image.fromarray(encode_label_png(numbers)).save(path)
+    ds.labels(0)  # the other rows still read
+    with pytest.raises(DissectError, match=f"line 3 .*label number {number} is not listed in label.csv"):
+        ds.labels(1)
