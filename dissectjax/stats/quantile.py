@@ -87,10 +87,10 @@ def prefix_histogram(
         its floor as decide its threshold (:meth:`RadixSelect.deciding`; :func:`raise_floor`
         keeps that true), the threshold is the same.
       capacity: None, to scatter every value; or (static) at least the number of values
-        :func:`census` finds kept (with the prefix, at or above the floor), when it finds
-        no NaN/Inf: only those are compacted (:func:`~dissectjax.stats.compact.nonzero`)
-        and scattered. XLA's CPU scatter costs nearly as much for an index it drops as for
-        one it counts.
+        :func:`census` finds kept (with the prefix and at or above the floor, and every
+        NaN/Inf, to be counted): only those are compacted
+        (:func:`~dissectjax.stats.compact.nonzero`) and scattered. XLA's CPU scatter costs
+        nearly as much for an index it drops as for one it counts.
 
     Returns:
       counts int32 [U, 2**bits]; kmin int32 [U, 2**bits] and kmax int32 [U, 2**bits], the
