@@ -175,6 +175,7 @@ class Passes:
                        for name in self.layers}  # fmt: skip
         self.kernels = kernels(self.parallel)
         self.top = {name: TopImages(source.units[name], config.top_k) for name in self.layers}
+        self._one_shape = len(np.unique(np.asarray(probe.shapes), axis=0)) == 1  # every batch's maps one size
         self.cache = self._open_cache()
         self._filling = False  # whether the current pass keeps what the source computes
         processes = pipeline.decode_workers if getattr(probe, "decodes_files", False) else 0
@@ -277,16 +278,22 @@ class Passes:
             on_device = {name: None if u is None else self.parallel.replicate(u.astype(np.int32))
                          for name, u in subsets.items()}  # fmt: skip
             # the first pass counts the values below a running floor in bin 0 (raise_floor): they
-            # cost no scatter; restarted at 0 after a resume, as any floor at or below it is as exact
-            floors = {name: self.parallel.replicate(np.zeros(self.select[name].units, np.uint32)) if level == 0
+            # cost no scatter; restarted at 0 after a resume, as any floor at or below it is as exact.
+            # A floor needs each unit's number of values in advance: only where every batch has one
+            # shape (rows of several sizes give maps of several sizes, bucket by bucket)
+            floored = level == 0 and self._one_shape
+            floors = {name: self.parallel.replicate(np.zeros(self.select[name].units, np.uint32)) if floored
                       else None for name in active}  # fmt: skip
+            assumed = {name: set() for name in active}  # values per unit the floors were raised for
             for i, batch in enumerate(self._batches(start, False, f"thresholds, pass {level + 1}"), start=start):
                 acts = self._activations(i, batch)
                 valid = self.parallel.shard(batch.valid)
                 for name in active:
                     s = self.select[name]
                     a = acts[name]
-                    deciding = s.deciding(len(self.probe) * int(np.prod(a.shape[1:-1])))
+                    values = len(self.probe) * int(np.prod(a.shape[1:-1]))
+                    assumed[name].add(values)
+                    deciding = s.deciding(values)
                     histogram = functools.partial(self.kernels.histogram, a, valid, prefixes[name], s.depth, s.bits,
                                                   s.extremes, units=on_device[name], floor=floors[name],
                                                   deciding=np.int32(min(deciding, 2**31 - 1)))  # fmt: skip
@@ -306,6 +313,12 @@ class Passes:
                         "fix the model or the activations file"
                     )
                 self.select[name].step(counts, kmin, kmax, subsets[name])
+                if floored and assumed[name] != {self.select[name].total}:  # a floor may have left out a deciding value
+                    raise DissectError(
+                        f"layer {name!r}: the first threshold pass counted {self.select[name].total} values per unit, "
+                        f"but its floor assumed {sorted(assumed[name])} (maps of several sizes from batches of one "
+                        "shape?); set DISSECTJAX_COMPACT_FROM above any batch's values to dissect without a floor"
+                    )
             self._maybe_save(functools.partial(self._state, "select", 0, {}), force=True)
         return {name: s.thresholds for name, s in self.select.items()}
 

@@ -72,7 +72,14 @@ def kernels(parallel: DataParallel) -> Kernels:
 # values per device and batch from which a threshold pass compacts the values it keeps: below,
 # the census's round trip to the host costs about what compaction saves (measured on a CPU).
 # DISSECTJAX_COMPACT_FROM overrides it (0: always; the multi-device tests use it)
-COMPACT_FROM = int(os.environ.get("DISSECTJAX_COMPACT_FROM", 1 << 20))
+def _compact_from(text: str | None) -> int:
+    try:
+        return 1 << 20 if text is None else int(text)
+    except ValueError:
+        raise ValueError(f"DISSECTJAX_COMPACT_FROM must be a whole number of values, got {text!r}") from None
+
+
+COMPACT_FROM = _compact_from(os.environ.get("DISSECTJAX_COMPACT_FROM"))
 
 
 def _histogram(parallel: DataParallel) -> Callable:
@@ -112,7 +119,7 @@ def _histogram(parallel: DataParallel) -> Callable:
         width = acts.shape[-1] if units is None else len(units)
         values = acts.size // acts.shape[-1] * width // parallel.size  # per device
         capacity = None  # small batches: every value scattered, no round trip to the host
-        if values >= compact_from:
+        if compact_from <= values < 2**31:  # (int32 indices into the batch)
             capacity = capacity_for(int(to_host(count(acts, valid, prefix, units, floor, depth=depth))), values)
         return step(acts, valid, prefix, units, floor, into, deciding, depth=depth, bits=bits, extremes=extremes,
                     capacity=capacity)  # fmt: skip

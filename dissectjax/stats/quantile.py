@@ -16,8 +16,8 @@ values or holds a single distinct value (ties, e.g. ReLU zeros).
 Only a unit's largest values decide its threshold (:meth:`RadixSelect.deciding`), so the
 first pass may count the values below a running per-unit *floor* in bin 0, unscattered
 (:func:`raise_floor` keeps it at or below those values), and each pass may compact the
-values it keeps before scattering them (:func:`census`, :func:`capacity_for`). The floor
-after a batch depends only on the batches before it, so it too is the same on any mesh.
+values it keeps before scattering them (:func:`census`, :func:`capacity_for`). Any floor
+raised this way gives the same thresholds, whatever the batches or the mesh.
 """
 
 from __future__ import annotations
@@ -83,9 +83,10 @@ def prefix_histogram(
         updated in place where the caller donates them), or None for a fresh one.
       floor: uint32 [U] order keys, or None; used only with a ``capacity``, in the first
         pass (``depth == 0``). Keys below a unit's floor are counted in bin 0, as if they
-        were the lowest value. Where at least as many of the unit's values lie at or above
-        its floor as decide its threshold (:meth:`RadixSelect.deciding`; :func:`raise_floor`
-        keeps that true), the threshold is the same.
+        were the lowest value (its counts only, not its extremes). Where at least as many
+        of the unit's values lie at or above its floor as decide its threshold
+        (:meth:`RadixSelect.deciding`; :func:`raise_floor` keeps that true), the threshold
+        is the same.
       capacity: None, to scatter every value; or (static) at least the number of values
         :func:`census` finds kept (with the prefix and at or above the floor, and every
         NaN/Inf, to be counted): only those are compacted
@@ -131,9 +132,9 @@ def prefix_histogram(
 
 
 def census(acts: jax.Array, valid: jax.Array, prefix: jax.Array, depth: int, floor: jax.Array | None = None):
-    """int32 []: how many values of a batch :func:`prefix_histogram` (same arguments) keeps:
-    those with the prefix and at or above the floor, and every NaN/Inf. Its caller picks a
-    ``capacity`` from it (:func:`capacity_for`)."""
+    """int32 []: how many values of a batch :func:`prefix_histogram` keeps with a capacity
+    (same other arguments): those with the prefix and at or above the floor, and every
+    NaN/Inf. Its caller picks the ``capacity`` from it (:func:`capacity_for`)."""
     return jnp.sum(_kept(acts, valid, prefix, depth, floor)[1], dtype=jnp.int32)
 
 

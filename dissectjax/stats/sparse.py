@@ -7,7 +7,7 @@ pair of low-resolution rows (columns). Per batch, in programs of their own (XLA'
 fusion would otherwise recompute a producer inside every lookup that reads it):
 
 1. prepare the labels (:func:`dissectjax.stats.tally.prepare_labels`), and count the
-   (image, unit, quad) triples whose corner maximum exceeds the threshold;
+   (image, unit, quad) triples with a corner above the threshold;
 2. compact them (:func:`dissectjax.stats.compact.nonzero`, with a static bound chosen from
    the count), upsample only their tiles, and threshold: the unit masks, tile by tile, and
    each tile row's masked interval (bilinear values along a row are monotone);

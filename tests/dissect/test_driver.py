@@ -10,9 +10,11 @@ from reference_impl import counts as reference_counts
 from reference_impl import iou as reference_iou
 
 from dissectjax.data.broden import BrodenDataset
+from dissectjax.data.probe import batch_plan
 from dissectjax.dissect import DissectConfig, dissect
 from dissectjax.dissect.sources import ArraySource
 from dissectjax.errors import DissectError
+from dissectjax.parallel import DataParallel
 
 
 def random_acts(n, seed=0, units=7, hw=(5, 6)):
@@ -108,12 +110,48 @@ def test_compacted_threshold_passes_give_the_same_results(broden_dir, monkeypatc
     acts = random_acts(len(ds), seed=3)
     for semantics in ("netdissect", "lite"):
         config = DissectConfig(quantile, batch_size=3, semantics=semantics)
+        monkeypatch.setattr(kernels, "COMPACT_FROM", 1 << 30)
         whole = dissect(ArraySource(acts, "layer", len(ds)), ds, config)["layer"]
         monkeypatch.setattr(kernels, "COMPACT_FROM", 0)
         compacted = dissect(ArraySource(acts, "layer", len(ds)), ds, config)["layer"]
-        monkeypatch.setattr(kernels, "COMPACT_FROM", 1 << 20)
         np.testing.assert_array_equal(compacted.thresholds, whole.thresholds)
         np.testing.assert_array_equal(compacted.intersection, whole.intersection)
+
+
+class BucketMaps:
+    """Stored activations whose maps differ in size by the rows' label size: 1 x 1 maps of
+    large values for one size, 8 x 8 maps of small values for the other."""
+
+    layers, units, needs_images, description = ["layer"], {"layer": 2}, False, "bucket maps"
+
+    def __init__(self, ds):
+        self.shapes = ds.shapes
+
+    def activations(self, batch, parallel):
+        rows = batch.index
+        side = 1 if self.shapes[int(rows[rows >= 0][0]), 2] == 10 else 8
+        maps = np.zeros((len(rows), side, side, 2), np.float32)
+        for j, r in enumerate(np.maximum(rows, 0)):
+            maps[j] = 2.0 ** (r % 16 + 4) if side == 1 else np.random.default_rng(int(r)).random((side, side, 2))
+        return {"layer": parallel.shard(maps)}
+
+
+def test_maps_of_several_sizes_are_thresholded_without_a_floor(broden_dir, monkeypatch):
+    """The first pass's floor needs every unit's number of values in advance. Here the first
+    batches have the small maps: a floor raised for their count would rise above the values
+    that decide the thresholds (they lie among the large maps' small values)."""
+    kernels = sys.modules["dissectjax.dissect.kernels"]
+    ds = BrodenDataset(broden_dir[0])
+    assert sorted(np.unique(ds.shapes[:, 2])) == [10, 12]  # two buckets, the 1 x 1 maps first
+    monkeypatch.setattr(kernels, "COMPACT_FROM", 0)
+    result = dissect(BucketMaps(ds), ds, DissectConfig(0.3, batch_size=3))["layer"]
+    values = [[], []]
+    for batch in batch_plan(ds, 3):
+        maps = BucketMaps(ds).activations(ds.load_batch(batch, False, False), DataParallel.create())["layer"]
+        for u in range(2):
+            values[u].extend(np.asarray(maps)[batch >= 0][..., u].ravel())
+    for u in range(2):
+        assert rank_error(np.array(values[u]), result.thresholds[u], 0.3) == 0
 
 
 def test_strategies_agree(broden_dir):
