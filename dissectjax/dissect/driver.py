@@ -24,7 +24,7 @@ import jax
 import numpy as np
 
 from dissectjax.data.concepts import Concepts
-from dissectjax.data.probe import Decoder, ProbeBatch, batch_plan
+from dissectjax.data.probe import Decoder, ProbeBatch, batch_plan, shape_buckets
 from dissectjax.dissect.accumulate import COUNT_REDUCTIONS, HISTOGRAM_REDUCTIONS, Accumulator
 from dissectjax.dissect.cache import ActivationCache, Pipeline, cache_bytes, host_memory, open_cache
 from dissectjax.dissect.config import DissectConfig
@@ -175,7 +175,7 @@ class Passes:
                        for name in self.layers}  # fmt: skip
         self.kernels = kernels(self.parallel)
         self.top = {name: TopImages(source.units[name], config.top_k) for name in self.layers}
-        self._one_shape = len(np.unique(np.asarray(probe.shapes), axis=0)) == 1  # every batch's maps one size
+        self._one_shape = len(shape_buckets(probe)) == 1  # every batch's maps one size
         self.cache = self._open_cache()
         self._filling = False  # whether the current pass keeps what the source computes
         processes = pipeline.decode_workers if getattr(probe, "decodes_files", False) else 0
